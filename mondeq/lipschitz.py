@@ -1,0 +1,31 @@
+r"""Lipschitz bounds of a monDEQ (Pabbaraju, Winston & Kolter, ICLR 2021).
+
+.. math:: \|z^\star(x) - z^\star(x')\|_2 \le \frac{\|U\|_2}{m}\,\|x - x'\|_2
+
+and for logits :math:`h = Hz^\star + c` the margin :math:`h_y - h_j` moves by at most
+:math:`\|H_y - H_j\|_2\,\|U\|_2/m\,\|x - x'\|_2`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import MonotoneParametrisation
+from .layer import MonDEQ
+
+
+def lipschitz_bound(layer: MonDEQ | MonotoneParametrisation) -> float:
+    r""":math:`\|U\|_2 / m`, the Lipschitz constant of :math:`x \mapsto z^\star(x)` in ℓ2."""
+    linear = layer.linear if isinstance(layer, MonDEQ) else layer
+    with torch.no_grad():
+        return float(linear.input_norm()) / linear.m
+
+
+def pairwise_margin_norms(head: Tensor) -> Tensor:
+    r"""Matrix :math:`N_{ij} = \|H_i - H_j\|_2` of a head's row differences, shape (K, K)."""
+    return torch.cdist(head.unsqueeze(0), head.unsqueeze(0)).squeeze(0)
+
+
+def margin_lipschitz(head: Tensor, lipschitz: float) -> Tensor:
+    r"""Lipschitz constants of every margin :math:`h_i - h_j`: :math:`N_{ij}\,\|U\|_2/m`, (K, K)."""
+    return pairwise_margin_norms(head) * lipschitz

@@ -1,0 +1,76 @@
+"""Classifiers: a MonDEQ layer, an affine readout of the equilibrium, and a linear head."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from splitting import EquilibriumStats, Prox, State
+
+from .dense import MonotoneLinear
+from .layer import MonDEQ
+
+
+class MonDEQClassifier(nn.Module):
+    """``logits = head(readout(z*(x)))``.
+
+    Args:
+        layer: the implicit layer.
+        head: the final linear layer.
+        readout: an affine, parameter-free map from the equilibrium state to the head's input
+            (default: concatenate the flattened tiers). Average pooling qualifies.
+    """
+
+    def __init__(self, layer: MonDEQ, head: nn.Linear, readout: nn.Module | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = head
+        self.readout = readout if readout is not None else FlattenState()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits, shape (batch, classes)."""
+        return self.forward_with_stats(x)[0]
+
+    def forward_with_stats(self, x: Tensor, *, z0: State | None = None) -> tuple[Tensor, EquilibriumStats]:
+        """Logits and the layer's solver results."""
+        x = x.reshape(x.shape[0], *self.layer.linear.input_shape)
+        z, stats = self.layer.forward_with_stats(x, z0=z0)
+        return self.logits_from_state(z), stats
+
+    def logits_from_state(self, z: State) -> Tensor:
+        """Apply readout and head to an equilibrium state."""
+        return self.head(self.readout(z))
+
+    def head_matrix(self) -> Tensor:
+        r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
+
+        Readout and head are affine, so :math:`H` is the Jacobian at any point (taken at zero).
+        """
+        op = self.layer.linear.operator()
+        zero = tuple(t.detach() for t in op.zeros(1))
+
+        def logits_of(*flat_tiers: Tensor) -> Tensor:
+            return self.logits_from_state(tuple(flat_tiers))[0]
+
+        with torch.enable_grad():
+            jac = torch.autograd.functional.jacobian(logits_of, zero)
+        return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1).detach()
+
+
+class FlattenState(nn.Module):
+    """Concatenate the flattened tiers of a state into one (batch, n) matrix."""
+
+    def forward(self, z: State) -> Tensor:
+        return torch.cat([t.reshape(t.shape[0], -1) for t in z], dim=1)
+
+
+def fc_mondeq(in_features: int = 784, hidden: int = 87, num_classes: int = 10, *, m: float = 1.0,
+              nonlinearity: Prox | None = None, solver: str | Callable = "pr", alpha: float = 1.0,
+              tol: float = 1e-2, max_iter: int = 50, backward_tol: float | None = None,
+              backward_max_iter: int | None = None) -> MonDEQClassifier:
+    """The paper's fully connected monDEQ classifier (87 hidden units on MNIST)."""
+    layer = MonDEQ(MonotoneLinear(in_features, hidden, m=m), nonlinearity, solver=solver, alpha=alpha,
+                   tol=tol, max_iter=max_iter, backward_tol=backward_tol,
+                   backward_max_iter=backward_max_iter)
+    return MonDEQClassifier(layer, nn.Linear(hidden, num_classes))

@@ -1,0 +1,26 @@
+"""Operator splitting for monotone inclusions 0 ∈ (I − W)z − b + ∂f(z).
+
+Knows nothing about neural-network layers: an operator W (the protocol in
+:mod:`splitting.operator`), a proximal nonlinearity, a bias, and a method.
+"""
+from .errors import (ConvergenceWarning, InvalidSettingError, NonFiniteInputError, StateShapeError,
+                     StepSizeWarning)
+from .forward_backward import forward_backward, max_stable_alpha
+from .implicit import EquilibriumStats, equilibrium
+from .loop import natural_residual
+from .operator import DenseOperator, LinearOperator, Resolvent, TransposedOperator
+from .peaceman_rachford import peaceman_rachford
+from .prox import DiagonalQuadratic, Prox, ReLU, SoftThreshold
+from .result import SolverResult
+from .state import State, as_state
+
+SOLVERS = {"fb": forward_backward, "pr": peaceman_rachford}
+"""Splitting methods by short name (the CLI's ``--solver``)."""
+
+__all__ = [
+    "ConvergenceWarning", "DenseOperator", "DiagonalQuadratic", "EquilibriumStats",
+    "InvalidSettingError", "LinearOperator", "NonFiniteInputError", "Prox", "ReLU", "Resolvent",
+    "SOLVERS", "SoftThreshold", "SolverResult", "State", "StateShapeError", "StepSizeWarning",
+    "TransposedOperator", "as_state", "equilibrium", "forward_backward", "max_stable_alpha",
+    "natural_residual", "peaceman_rachford",
+]

@@ -1,0 +1,38 @@
+"""The small frozen result every splitting solver returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from .operator import Resolvent
+from .state import State
+
+
+@dataclass(frozen=True)
+class SolverResult:
+    """What a solve produced and what it cost.
+
+    Attributes:
+        z: the equilibrium estimate, a state (tuple of tensors, batch first).
+        iterations: number of iterations run.
+        residuals: per-sample relative residual after each iteration, shape (iterations, batch).
+        converged: whether every sample's residual reached ``tol``.
+        time: wall-clock seconds spent in the solve (including the factorisation).
+        true_residual: per-sample ‖z − σ(Wz + Ux + b)‖ / ‖z‖ of the returned z, shape (batch,).
+        resolvent: the factorisation used (``None`` for methods that need none); the implicit
+            backward pass reuses it transposed.
+    """
+
+    z: State
+    iterations: int
+    residuals: Tensor
+    converged: bool
+    time: float
+    true_residual: Tensor
+    resolvent: Resolvent | None = field(default=None, repr=False)
+
+    @property
+    def max_residual(self) -> float:
+        """Largest per-sample residual at the last iteration."""
+        return float(self.residuals[-1].max()) if self.iterations else float("inf")

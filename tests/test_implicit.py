@@ -1,0 +1,123 @@
+"""Implicit gradients: gradcheck, agreement with autograd through an unrolled solve, memory."""
+import functools
+
+import pytest
+import torch
+
+from mondeq.layer import MonDEQ
+from splitting import (DenseOperator, ReLU, SoftThreshold, equilibrium, forward_backward,
+                       max_stable_alpha, peaceman_rachford)
+from tests.conftest import make_dense
+
+NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
+M = 0.5
+
+
+def dense_weight(F, G):
+    eye = torch.eye(F.shape[0])
+    return (1 - M) * eye - F.T @ F + G.T - G
+
+
+def solver_and_alpha(name, F, G):
+    if name == "pr":
+        return peaceman_rachford, 0.8
+    op = DenseOperator(dense_weight(F, G).detach(), M)
+    return functools.partial(forward_backward, check_step="raise"), 0.9 * max_stable_alpha(op)
+
+
+def equilibrium_fn(prox, solver, alpha):
+    def fn(x, U, b, F, G):
+        op = DenseOperator(dense_weight(F, G), M)
+        z, _ = equilibrium(op, prox, (x @ U.T + b,), solver=solver, alpha=alpha, tol=1e-13,
+                           max_iter=20_000)
+        return z[0]
+    return fn
+
+
+def random_params(n_in=4, n=5, batch=3):
+    return (torch.randn(batch, n_in, requires_grad=True),
+            (0.5 * torch.randn(n, n_in)).requires_grad_(),
+            (0.3 * torch.randn(n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_())
+
+
+@pytest.mark.parametrize("solver_name", ["fb", "pr"])
+@pytest.mark.parametrize("prox", NONLINEARITIES, ids=repr)
+def test_gradcheck_all_inputs_and_parameters(solver_name, prox):
+    params = random_params()
+    solver, alpha = solver_and_alpha(solver_name, params[3], params[4])
+    fn = equilibrium_fn(prox, solver, alpha)
+    assert torch.autograd.gradcheck(fn, params, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def unrolled_equilibrium(prox, x, U, b, F, G, iterations=3_000):
+    """Autograd through a long forward-backward iteration (the slow, memory-hungry reference)."""
+    w = dense_weight(F, G)
+    alpha = 0.9 * max_stable_alpha(DenseOperator(w.detach(), M))
+    bias = x @ U.T + b
+    z = torch.zeros_like(bias)
+    for _ in range(iterations):
+        z = prox.prox((1 - alpha) * z + alpha * (z @ w.T + bias), alpha)
+    return z
+
+
+@pytest.mark.parametrize("solver_name", ["fb", "pr"])
+@pytest.mark.parametrize("prox", NONLINEARITIES, ids=repr)
+def test_matches_autograd_through_unrolled_iteration(solver_name, prox):
+    params = random_params(n_in=6, n=8, batch=4)
+    weights = torch.randn(4, 8)
+    solver, alpha = solver_and_alpha(solver_name, params[3], params[4])
+    implicit = torch.autograd.grad((equilibrium_fn(prox, solver, alpha)(*params) * weights).sum(), params)
+    unrolled = torch.autograd.grad((unrolled_equilibrium(prox, *params) * weights).sum(), params)
+    for gi, gu in zip(implicit, unrolled):
+        torch.testing.assert_close(gi, gu, atol=1e-8, rtol=1e-6)
+
+
+def test_backward_stats_are_recorded_and_converged():
+    linear = make_dense(n_in=6, n=10, m=M, scale=1.5)
+    layer = MonDEQ(linear, solver="pr", alpha=1.0, tol=1e-8, max_iter=500)
+    x = torch.randn(5, 6)
+    z, stats = layer.forward_with_stats(x)
+    assert stats.backward is None
+    z[0].pow(2).sum().backward()
+    assert stats.backward is not None and stats.backward.converged
+    assert stats.backward.resolvent.transpose() is stats.forward.resolvent  # reused factorisation
+    assert float(stats.backward.true_residual.max()) < 1e-6
+
+
+def test_module_gradients_match_unrolled_reference():
+    linear = make_dense(n_in=6, n=10, m=M, scale=1.5)
+    layer = MonDEQ(linear, SoftThreshold(0.05), solver="pr", alpha=0.5, tol=1e-12, max_iter=5_000)
+    x = torch.randn(5, 6)
+    loss = layer(x)[0].sin().sum()
+    grads = torch.autograd.grad(loss, list(linear.parameters()))
+    ref = unrolled_equilibrium(SoftThreshold(0.05), x, linear.U.weight, linear.U.bias, linear.F, linear.G)
+    ref_grads = torch.autograd.grad(ref.sin().sum(), list(linear.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-8, rtol=1e-6)
+
+
+def test_graph_does_not_grow_with_iterations():
+    """The autograd graph holds one layer application, however many iterations the solve ran."""
+    linear = make_dense(n_in=6, n=10, m=M, scale=2.0)
+    x = torch.randn(5, 6)
+    sizes = []
+    for tol in (1e-2, 1e-12):
+        layer = MonDEQ(linear, solver="pr", alpha=0.3, tol=tol, max_iter=5_000)
+        z, stats = layer.forward_with_stats(x)
+        sizes.append((stats.forward.iterations, count_graph_nodes(z[0].grad_fn)))
+    (few, nodes_few), (many, nodes_many) = sizes
+    assert many > 5 * few
+    assert nodes_few == nodes_many
+
+
+def count_graph_nodes(fn) -> int:
+    seen, stack = set(), [fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
