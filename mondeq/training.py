@@ -72,7 +72,7 @@ def train_epoch(model: MonDEQClassifier, optimizer: torch.optim.Optimizer,
             scheduler.step()
         totals["time"] += time.perf_counter() - start
         totals["steps"] += 1
-        totals["loss"] += float(loss) * len(y)
+        totals["loss"] += float(loss.detach()) * len(y)
         totals["correct"] += int((logits.argmax(1) == y).sum())
         totals["seen"] += len(y)
         totals["fw"] += stats.forward.iterations
