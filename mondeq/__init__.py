@@ -5,10 +5,14 @@ implicit gradients, with Lipschitz bounds and certified robustness. Solvers live
 :mod:`splitting`.
 """
 from .base import MonotoneParametrisation
-from .certify import certified_accuracy, certified_radius
+from .attacks import AttackResult, pgd, robust_accuracy
+# ``certify`` (the function) stays in mondeq.certify so that the name keeps meaning the module.
+from .certify import (Certificate, certified_accuracy, certified_radius, equilibrium_error_bound,
+                      solver_settings)
 from .dense import MonotoneLinear
 from .layer import MonDEQ
 from .lipschitz import lipschitz_bound, margin_lipschitz, pairwise_margin_norms
+from .losses import LipschitzMarginLoss, margin_lipschitz_matrix
 from .models import FlattenState, MonDEQClassifier, fc_mondeq
 
 __version__ = "0.1.0"
@@ -17,4 +21,6 @@ __all__ = [
     "FlattenState", "MonDEQ", "MonDEQClassifier", "MonotoneLinear", "MonotoneParametrisation",
     "certified_accuracy", "certified_radius", "fc_mondeq", "lipschitz_bound", "margin_lipschitz",
     "pairwise_margin_norms",
+    "AttackResult", "Certificate", "LipschitzMarginLoss", "equilibrium_error_bound",
+    "margin_lipschitz_matrix", "pgd", "robust_accuracy", "solver_settings",
 ]

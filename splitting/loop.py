@@ -61,6 +61,7 @@ def iterate(
     stopping test synchronises only every few iterations.
     """
     check_every = 1 if z[0].device.type == "cpu" else 8
+    divergence_every = 10 * check_every
     trace: list[Tensor] = []
     converged = False
     for k in range(1, int(max_iter) + 1):
@@ -71,12 +72,11 @@ def iterate(
             res = natural_residual(op, prox, bias, z_new)
         z = z_new
         trace.append(res)
-        if k % check_every == 0 or k == max_iter:
-            if bool((res <= tol).all()):
-                converged = True
-                break
-            if not bool(torch.isfinite(res).all()):
-                break  # diverged (e.g. FB with too large α): stop and report converged=False
+        if (k % check_every == 0 or k == max_iter) and bool(res.max() <= tol):
+            converged = True
+            break
+        if k % divergence_every == 0 and not bool(torch.isfinite(res).all()):
+            break  # diverged (e.g. FB with too large α): stop and report converged=False
     if z[0].device.type != "cpu":
         torch.cuda.synchronize(z[0].device)
     return SolverResult(

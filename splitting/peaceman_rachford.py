@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from .loop import check_settings, initial_state, iterate
 from .operator import LinearOperator, Resolvent, check_alpha
 from .prox import Prox
@@ -53,13 +55,14 @@ def peaceman_rachford(
     check_settings(op, bias, tol=tol, max_iter=max_iter, residual=residual, z0=z0)
     if resolvent is None:
         resolvent = op.resolvent(alpha)
-    alpha_bias = tuple(alpha * b for b in bias)
+    # R is linear: R(u½ + αb) = R u½ + R(αb), so R(αb) is computed once per solve.
+    resolved_bias = resolvent.solve(tuple(alpha * b for b in bias))
 
     def step(carry: tuple[State, State]) -> tuple[tuple[State, State], State]:
         z, u = carry
-        u_half = tmap(lambda zi, ui: 2 * zi - ui, z, u)
-        z_half = resolvent.solve(tmap(lambda a, b: a + b, u_half, alpha_bias))
-        u = tmap(lambda zh, uh: 2 * zh - uh, z_half, u_half)
+        u_half = tuple(zi.mul(2).sub_(ui) for zi, ui in zip(z, u))
+        z_half = tmap(torch.add, resolvent.solve(u_half), resolved_bias)
+        u = tuple(zh.mul_(2).sub_(uh) for zh, uh in zip(z_half, u_half))
         z = prox.apply(u, alpha)
         return (z, u), z
 

@@ -23,14 +23,11 @@ def tmap(fn: Callable[..., Tensor], *states: State) -> State:
     return tuple(fn(*parts) for parts in zip(*states))
 
 
-def batch_sq_norm(z: State) -> Tensor:
-    """Per-sample squared Euclidean norm over all tiers, shape (batch,)."""
-    return sum(t.reshape(t.shape[0], -1).pow(2).sum(dim=1) for t in z)
-
-
 def batch_norm(z: State) -> Tensor:
     """Per-sample Euclidean norm over all tiers, shape (batch,)."""
-    return batch_sq_norm(z).sqrt()
+    if len(z) == 1:  # the common single-tier case in one kernel
+        return torch.linalg.vector_norm(z[0].reshape(z[0].shape[0], -1), dim=1)
+    return sum(t.reshape(t.shape[0], -1).pow(2).sum(dim=1) for t in z).sqrt()
 
 
 def batch_dot(a: State, b: State) -> Tensor:
@@ -40,8 +37,8 @@ def batch_dot(a: State, b: State) -> Tensor:
 
 def relative_change(new: State, old: State, eps: float = 1e-12) -> Tensor:
     """Per-sample ‖new − old‖ / (‖new‖ + eps), shape (batch,)."""
-    diff = batch_norm(tmap(torch.sub, new, old))
-    return diff / (batch_norm(new) + eps)
+    diff = batch_norm(tuple(a - b for a, b in zip(new, old)))
+    return diff / batch_norm(new).add_(eps)
 
 
 def zeros_like_state(z: State) -> State:

@@ -1,0 +1,116 @@
+r"""Training losses for certified robustness.
+
+Lipschitz-margin training (Tsuzuku, Sato & Sugiyama, NeurIPS 2018), with the pairwise margin
+constants of a monDEQ: every wrong logit is raised by the most an ε-perturbation can add to it
+relative to the true one,
+
+.. math:: \tilde h_j = h_j + \varepsilon\,\|H_y - H_j\|_2\,\|U\|_2/m \quad (j \ne y),\qquad
+          \ell = \mathrm{CE}(\tilde h, y),
+
+so that :math:`\arg\max \tilde h = y` implies a certified radius above ε (for the exact
+equilibrium). The constant is differentiable in the head, in U (exact spectral norm through
+``input_norm()``) and not in W — the bound does not depend on F, G.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .models import FlattenState, MonDEQClassifier
+
+
+def head_matrix(model: MonDEQClassifier) -> Tensor:
+    r"""Differentiable linear part :math:`H` of ``state ↦ logits``, shape (classes, n).
+
+    Same as :meth:`MonDEQClassifier.head_matrix` but keeps the graph to the head's parameters
+    (the readout is affine and parameter-free, so :math:`H` is the Jacobian at zero).
+    """
+    if isinstance(model.readout, FlattenState):
+        return model.head.weight
+    zero = tuple(t.detach() for t in model.layer.linear.operator().zeros(1))
+
+    def logits_of(*tiers: Tensor) -> Tensor:
+        return model.logits_from_state(tuple(tiers))[0]
+
+    jac = torch.autograd.functional.jacobian(logits_of, zero, create_graph=True)
+    return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+
+
+def pairwise_distances(rows: Tensor) -> Tensor:
+    r""":math:`N_{ij} = \|H_i - H_j\|_2`, shape (K, K), with a finite gradient on the diagonal."""
+    diff = rows[:, None, :] - rows[None, :, :]
+    return diff.pow(2).sum(-1).clamp(min=1e-12).sqrt() * (1 - torch.eye(len(rows), dtype=rows.dtype,
+                                                                           device=rows.device))
+
+
+def margin_lipschitz_matrix(model: MonDEQClassifier) -> Tensor:
+    r"""Differentiable :math:`K_{ij} = \|H_i - H_j\|_2\,\|U\|_2/m`, shape (K, K) (model input scale)."""
+    linear = model.layer.linear
+    return pairwise_distances(head_matrix(model)) * (linear.input_norm() / linear.m)
+
+
+def lipschitz_margin_logits(logits: Tensor, labels: Tensor, margin_lip: Tensor,
+                            eps: float | Tensor) -> Tensor:
+    r"""Worst-case logits :math:`h_j + \varepsilon K_{yj}` (:math:`K_{yy} = 0`), shape (batch, K)."""
+    return logits + eps * margin_lip[labels]
+
+
+class LipschitzMarginLoss(nn.Module):
+    r"""Cross entropy on Lipschitz-margin logits with a ramped ε, plus an optional ‖U‖₂ penalty.
+
+    .. math:: \ell = \mathrm{CE}(h + \varepsilon_k K_{y\cdot},\, y)
+              + \lambda\,\max(0, \|U\|_2/m - \Lambda)^2
+
+    Call it as ``loss(logits, y)``; every call in training mode advances the schedule by one step:
+    ε_k = 0 for the first ``warmup_steps``, then rises linearly to ``eps`` over ``ramp_steps``.
+
+    Args:
+        model: the classifier being trained (the constants are read from it at every call).
+        eps: target radius in the model's input scale (pixel radius / std for normalised inputs).
+        ramp_steps: steps of the linear ramp (0: the full ε from the start).
+        warmup_steps: steps of plain cross entropy before the ramp.
+        lipschitz_penalty: λ, weight of the penalty on ‖U‖₂/m above ``lipschitz_target``.
+        lipschitz_target: Λ (default 0: penalise ‖U‖₂/m itself).
+    """
+
+    def __init__(self, model: MonDEQClassifier, eps: float, *, ramp_steps: int = 0,
+                 warmup_steps: int = 0, lipschitz_penalty: float = 0.0,
+                 lipschitz_target: float = 0.0) -> None:
+        super().__init__()
+        if not eps >= 0 or ramp_steps < 0 or warmup_steps < 0 or not lipschitz_penalty >= 0:
+            raise ValueError(f"need eps, ramp_steps, warmup_steps, lipschitz_penalty >= 0; got {eps}, "
+                             f"{ramp_steps}, {warmup_steps}, {lipschitz_penalty}")
+        self.model = [model]  # a list so that the model is not registered as a submodule
+        self.eps = float(eps)
+        self.ramp_steps = int(ramp_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.lipschitz_penalty = float(lipschitz_penalty)
+        self.lipschitz_target = float(lipschitz_target)
+        self.step = 0
+
+    def current_eps(self) -> float:
+        """ε at the current step of the schedule."""
+        k = self.step - self.warmup_steps
+        if k < 0:
+            return 0.0
+        return self.eps if self.ramp_steps == 0 else self.eps * min(1.0, k / self.ramp_steps)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        model = self.model[0]
+        eps = self.current_eps()
+        if model.training:
+            self.step += 1
+        loss = logits.new_zeros(())
+        if eps > 0 or self.lipschitz_penalty > 0:
+            linear = model.layer.linear
+            u_norm = linear.input_norm()
+            k = pairwise_distances(head_matrix(model)) * (u_norm / linear.m)
+            if eps > 0:
+                logits = lipschitz_margin_logits(logits, labels, k, eps)
+            if self.lipschitz_penalty > 0:
+                loss = loss + self.lipschitz_penalty * torch.relu(u_norm / linear.m - self.lipschitz_target) ** 2
+        return loss + nn.functional.cross_entropy(logits, labels)
+
+    def extra_repr(self) -> str:
+        return (f"eps={self.eps:g}, ramp_steps={self.ramp_steps}, warmup_steps={self.warmup_steps}, "
+                f"lipschitz_penalty={self.lipschitz_penalty:g}, lipschitz_target={self.lipschitz_target:g}")

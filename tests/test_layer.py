@@ -1,0 +1,90 @@
+"""The MonDEQ module and classifier: bad input, equilibrium property, checkpoint round trip."""
+import pytest
+import torch
+
+from mondeq import MonDEQ, MonotoneLinear, fc_mondeq
+from mondeq.training import load_checkpoint, save_checkpoint
+from splitting import ConvergenceWarning, InvalidSettingError, NonFiniteInputError, StateShapeError
+from tests.conftest import make_dense
+
+
+def test_m_must_be_positive():
+    for m in (0.0, -0.5):
+        with pytest.raises(InvalidSettingError, match="m must be > 0"):
+            MonotoneLinear(4, 3, m=m)
+
+
+def test_alpha_must_be_positive():
+    with pytest.raises(InvalidSettingError, match="alpha must be > 0"):
+        MonDEQ(make_dense(), alpha=0.0)
+    with pytest.raises(InvalidSettingError, match="alpha must be > 0"):
+        fc_mondeq(alpha=-1.0)
+
+
+def test_unknown_solver_is_named():
+    with pytest.raises(InvalidSettingError, match="unknown solver 'prr'"):
+        MonDEQ(make_dense(), solver="prr")
+
+
+def test_nan_input_raises():
+    layer = MonDEQ(make_dense(n_in=6))
+    x = torch.randn(3, 6)
+    x[1, 2] = float("nan")
+    with pytest.raises(NonFiniteInputError, match="NaN"):
+        layer(x)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (3, 6, 1), (6,)])
+def test_wrong_input_shape_raises(shape):
+    layer = MonDEQ(make_dense(n_in=6))
+    with pytest.raises(StateShapeError, match=r"expected \(batch, 6\)"):
+        layer(torch.randn(*shape))
+
+
+def test_layer_output_is_the_equilibrium():
+    linear = make_dense(n_in=6, n=9, scale=1.5)
+    layer = MonDEQ(linear, solver="pr", tol=1e-10, max_iter=1000)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        (z,) = layer(x)
+        w = linear.weight()
+        torch.testing.assert_close(z, torch.relu(z @ w.T + linear.U(x)), atol=1e-8, rtol=0)
+
+
+def test_unconverged_solve_warns():
+    layer = MonDEQ(make_dense(n_in=6, scale=2.0), tol=1e-12, max_iter=2)
+    with pytest.warns(ConvergenceWarning, match="raise max_iter"):
+        layer(torch.randn(3, 6))
+
+
+def test_classifier_accepts_images_and_reports_stats():
+    torch.set_default_dtype(torch.float32)
+    model = fc_mondeq(784, 20, 10)
+    logits, stats = model.forward_with_stats(torch.rand(5, 1, 28, 28))
+    assert logits.shape == (5, 10)
+    assert stats.forward.iterations >= 1
+    logits.sum().backward()
+    assert stats.backward is not None
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_head_matrix_is_the_linear_part_of_the_readout():
+    model = fc_mondeq(12, 7, 3)
+    torch.testing.assert_close(model.head_matrix(), model.head.weight.detach())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = fc_mondeq(12, 7, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 12)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, epoch=3, history=[{"a": 1}], config={"k": 2})
+    other = fc_mondeq(12, 7, 3)
+    other_opt = torch.optim.Adam(other.parameters(), lr=0.1)
+    state = load_checkpoint(tmp_path / "c.pt", model=other, optimizer=other_opt)
+    assert state["epoch"] == 3 and state["history"] == [{"a": 1}]
+    for a, b in zip(model.parameters(), other.parameters()):
+        torch.testing.assert_close(a, b)
+    assert other_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        load_checkpoint(tmp_path / "missing.pt", model=other)

@@ -1,0 +1,50 @@
+"""The Lipschitz bound ‖U‖₂/m and the margin certificates built on it."""
+import torch
+
+from mondeq import MonDEQ, certified_accuracy, certified_radius, fc_mondeq, lipschitz_bound, margin_lipschitz
+from tests.conftest import make_dense
+
+
+def test_input_norm_is_the_spectral_norm():
+    linear = make_dense(n_in=8, n=5)
+    assert abs(float(linear.input_norm().detach()) - float(torch.linalg.svdvals(linear.U.weight.detach())[0])) < 1e-12
+
+
+def test_bound_holds_on_1000_random_pairs():
+    linear = make_dense(n_in=10, n=12, m=0.3, scale=2.0)
+    with torch.no_grad():
+        linear.U.weight.mul_(3.0)
+    layer = MonDEQ(linear, solver="pr", alpha=1.0, tol=1e-12, max_iter=2_000)
+    bound = lipschitz_bound(layer)
+    x = torch.randn(1000, 10)
+    # half the pairs far apart, half close together (where the bound is tightest)
+    x2 = torch.cat([torch.randn(500, 10), x[500:] + 1e-2 * torch.randn(500, 10)])
+    with torch.no_grad():
+        (z1,), (z2,) = layer(x), layer(x2)
+    ratio = (z1 - z2).norm(dim=1) / (x - x2).norm(dim=1)
+    assert float(ratio.max()) <= bound * (1 + 1e-9)
+    assert float(ratio.max()) > 0.05 * bound  # the check is not vacuous
+
+
+def test_margin_bound_holds_for_the_classifier():
+    model = fc_mondeq(10, 12, 4, tol=1e-12, max_iter=2_000)
+    margin_lip = margin_lipschitz(model.head_matrix(), lipschitz_bound(model.layer))
+    x = torch.randn(500, 10)
+    x2 = x + 0.1 * torch.randn(500, 10)
+    with torch.no_grad():
+        h1, h2 = model(x), model(x2)
+    dist = (x - x2).norm(dim=1)
+    for i in range(4):
+        for j in range(4):
+            change = ((h1[:, i] - h1[:, j]) - (h2[:, i] - h2[:, j])).abs()
+            assert bool((change <= margin_lip[i, j] * dist * (1 + 1e-9) + 1e-12).all())
+
+
+def test_certified_radius_matches_the_definition():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [1.0, 0.0, 4.0]])
+    labels = torch.tensor([0, 1, 0])
+    margin_lip = torch.tensor([[0.0, 2.0, 4.0], [2.0, 0.0, 1.0], [4.0, 1.0, 0.0]])
+    radius = certified_radius(logits, labels, margin_lip)
+    torch.testing.assert_close(radius, torch.tensor([min(2 / 2, 3 / 4), min(2 / 2, 0.5 / 1), 0.0]))
+    torch.testing.assert_close(certified_radius(logits, labels, margin_lip, input_scale=0.3), 0.3 * radius)
+    assert certified_accuracy(radius, [0.0, 0.6, 1.0]) == {0.0: 2 / 3, 0.6: 1 / 3, 1.0: 0.0}
