@@ -6,6 +6,7 @@ implicit gradients, with Lipschitz bounds and certified robustness. Solvers live
 """
 from .base import MonotoneParametrisation
 from .attacks import AttackResult, pgd, robust_accuracy
+from .conv import ConvOperator, ConvResolvent, MonotoneConv
 # ``certify`` (the function) stays in mondeq.certify so that the name keeps meaning the module.
 from .certify import (Certificate, certified_accuracy, certified_radius, equilibrium_error_bound,
                       solver_settings)
@@ -14,6 +15,7 @@ from .layer import MonDEQ
 from .lipschitz import lipschitz_bound, margin_lipschitz, pairwise_margin_norms
 from .losses import LipschitzMarginLoss, margin_lipschitz_matrix
 from .models import FlattenState, MonDEQClassifier, fc_mondeq
+from .models import AvgPoolState, single_conv_mondeq
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,5 @@ __all__ = [
     "pairwise_margin_norms",
     "AttackResult", "Certificate", "LipschitzMarginLoss", "equilibrium_error_bound",
     "margin_lipschitz_matrix", "pgd", "robust_accuracy", "solver_settings",
+    "AvgPoolState", "ConvOperator", "ConvResolvent", "MonotoneConv", "single_conv_mondeq",
 ]

@@ -204,7 +204,12 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
 
     Returns:
         a :class:`Certificate`.
+
+    Note:
+        Rounding is not accounted for: in float32 the logits carry relative errors near 1e-7, so
+        certify in float64 (``model.double()``) when tiny margins matter.
     """
+    was_training = model.training
     model.eval()
     layer: MonDEQ = model.layer
     linear = layer.linear
@@ -235,8 +240,9 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
     slack = cat["delta"] / lipschitz * input_scale
     radius_unsound = cat["r0"] * input_scale
-    radius = (radius_unsound - slack).clamp(min=0)
+    radius = (radius_unsound - slack).clamp(min=0).nan_to_num(nan=0.0)  # NaN: a diverged solve
     epsilons = list(epsilons)
+    model.train(was_training)
     return Certificate(radius=radius, prediction=cat["pred"], label=cat["label"],
                        radius_unsound=radius_unsound, slack=slack, state_error=cat["delta"],
                        residual=cat["res"], lipschitz=lipschitz, input_scale=float(input_scale),

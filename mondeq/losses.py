@@ -8,14 +8,16 @@ relative to the true one,
           \ell = \mathrm{CE}(\tilde h, y),
 
 so that :math:`\arg\max \tilde h = y` implies a certified radius above ε (for the exact
-equilibrium). The constant is differentiable in the head, in U (exact spectral norm through
-``input_norm()``) and not in W — the bound does not depend on F, G.
+equilibrium and the exact ‖U‖₂). The constant is differentiable in the head and in U (the exact
+``input_norm()``, or the cheaper power-iteration estimate :class:`InputNormEstimate`), and not
+in W: the bound does not depend on F, G.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from .base import MonotoneParametrisation
 from .models import FlattenState, MonDEQClassifier
 
 
@@ -49,6 +51,47 @@ def margin_lipschitz_matrix(model: MonDEQClassifier) -> Tensor:
     return pairwise_distances(head_matrix(model)) * (linear.input_norm() / linear.m)
 
 
+class InputNormEstimate:
+    r"""Differentiable power-iteration estimate of :math:`\|U\|_2`, from below, for any layer.
+
+    Uses only the layer's injection: :math:`Uv = \mathrm{bias}(v) - \mathrm{bias}(0)`, and
+    :math:`U^\top u` by autograd. A persistent unit vector :math:`v` is refined by ``iterations``
+    power steps per call (warm start: one or two suffice while training moves U slowly), and
+    :math:`\|Uv\|` is returned with the graph to U — its gradient :math:`u v^\top` is that of the
+    top singular value. Much cheaper than an SVD for wide layers; certificates still use the exact
+    ``input_norm()``.
+
+    Args:
+        linear: the layer's parametrisation.
+        iterations: power steps per call.
+    """
+
+    def __init__(self, linear: MonotoneParametrisation, *, iterations: int = 2) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.linear = linear
+        self.iterations = int(iterations)
+        self.v: Tensor | None = None
+
+    def _apply(self, v: Tensor) -> Tensor:
+        both = self.linear.bias(torch.cat([v, torch.zeros_like(v)]))
+        flat = torch.cat([t.reshape(2, -1) for t in both], dim=1)
+        return flat[:1] - flat[1:]
+
+    def __call__(self) -> Tensor:
+        if self.v is None:
+            p = next(self.linear.parameters())
+            v = torch.randn(1, *self.linear.input_shape, dtype=p.dtype, device=p.device)
+            self.v = v / v.norm()
+        with torch.enable_grad():
+            for _ in range(self.iterations):
+                v = self.v.detach().requires_grad_(True)
+                u = self._apply(v)
+                (g,) = torch.autograd.grad(u, v, grad_outputs=(u / u.norm().clamp(min=1e-30)).detach())
+                self.v = (g / g.norm().clamp(min=1e-30)).detach()
+        return self._apply(self.v).norm()
+
+
 def lipschitz_margin_logits(logits: Tensor, labels: Tensor, margin_lip: Tensor,
                             eps: float | Tensor) -> Tensor:
     r"""Worst-case logits :math:`h_j + \varepsilon K_{yj}` (:math:`K_{yy} = 0`), shape (batch, K)."""
@@ -71,11 +114,13 @@ class LipschitzMarginLoss(nn.Module):
         warmup_steps: steps of plain cross entropy before the ramp.
         lipschitz_penalty: λ, weight of the penalty on ‖U‖₂/m above ``lipschitz_target``.
         lipschitz_target: Λ (default 0: penalise ‖U‖₂/m itself).
+        power_iterations: estimate ‖U‖₂ by this many warm-started power steps per call
+            (:class:`InputNormEstimate`) instead of the exact ``input_norm()``; 0 for exact.
     """
 
     def __init__(self, model: MonDEQClassifier, eps: float, *, ramp_steps: int = 0,
                  warmup_steps: int = 0, lipschitz_penalty: float = 0.0,
-                 lipschitz_target: float = 0.0) -> None:
+                 lipschitz_target: float = 0.0, power_iterations: int = 0) -> None:
         super().__init__()
         if not eps >= 0 or ramp_steps < 0 or warmup_steps < 0 or not lipschitz_penalty >= 0:
             raise ValueError(f"need eps, ramp_steps, warmup_steps, lipschitz_penalty >= 0; got {eps}, "
@@ -87,6 +132,8 @@ class LipschitzMarginLoss(nn.Module):
         self.lipschitz_penalty = float(lipschitz_penalty)
         self.lipschitz_target = float(lipschitz_target)
         self.step = 0
+        self.norm_estimate = (InputNormEstimate(model.layer.linear, iterations=power_iterations)
+                              if power_iterations > 0 else None)
 
     def current_eps(self) -> float:
         """ε at the current step of the schedule."""
@@ -103,7 +150,7 @@ class LipschitzMarginLoss(nn.Module):
         loss = logits.new_zeros(())
         if eps > 0 or self.lipschitz_penalty > 0:
             linear = model.layer.linear
-            u_norm = linear.input_norm()
+            u_norm = linear.input_norm() if self.norm_estimate is None else self.norm_estimate()
             k = pairwise_distances(head_matrix(model)) * (u_norm / linear.m)
             if eps > 0:
                 logits = lipschitz_margin_logits(logits, labels, k, eps)
@@ -113,4 +160,5 @@ class LipschitzMarginLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps:g}, ramp_steps={self.ramp_steps}, warmup_steps={self.warmup_steps}, "
-                f"lipschitz_penalty={self.lipschitz_penalty:g}, lipschitz_target={self.lipschitz_target:g}")
+                f"lipschitz_penalty={self.lipschitz_penalty:g}, lipschitz_target={self.lipschitz_target:g}, "
+                f"power_iterations={0 if self.norm_estimate is None else self.norm_estimate.iterations}")

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from splitting import EquilibriumStats, Prox, State
 
+from .conv import MonotoneConv
 from .dense import MonotoneLinear
 from .layer import MonDEQ
 
@@ -65,6 +66,26 @@ class FlattenState(nn.Module):
         return torch.cat([t.reshape(t.shape[0], -1) for t in z], dim=1)
 
 
+class AvgPoolState(nn.Module):
+    """Average-pool a single-tier image state ``(B, C, H, W)`` and flatten it (linear, no parameters).
+
+    Args:
+        pool: square pooling window and stride; trailing rows/columns that do not fill a window
+            are dropped (``avg_pool2d`` semantics).
+    """
+
+    def __init__(self, pool: int) -> None:
+        super().__init__()
+        self.pool = int(pool)
+
+    def forward(self, z: State) -> Tensor:
+        (x,) = z
+        return nn.functional.avg_pool2d(x, self.pool).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}"
+
+
 def fc_mondeq(in_features: int = 784, hidden: int = 87, num_classes: int = 10, *, m: float = 1.0,
               nonlinearity: Prox | None = None, solver: str | Callable = "pr", alpha: float = 1.0,
               tol: float = 1e-2, max_iter: int = 50, backward_tol: float | None = None,
@@ -74,3 +95,23 @@ def fc_mondeq(in_features: int = 784, hidden: int = 87, num_classes: int = 10, *
                    tol=tol, max_iter=max_iter, backward_tol=backward_tol,
                    backward_max_iter=backward_max_iter)
     return MonDEQClassifier(layer, nn.Linear(hidden, num_classes))
+
+
+def single_conv_mondeq(in_channels: int = 1, image_size: int = 28, channels: int = 54,
+                       num_classes: int = 10, *, kernel_size: int = 3, padding: int = 1, pool: int = 4,
+                       m: float = 1.0, nonlinearity: Prox | None = None, solver: str | Callable = "pr",
+                       alpha: float = 1.0, tol: float = 1e-2, max_iter: int = 50,
+                       backward_tol: float | None = None,
+                       backward_max_iter: int | None = None) -> MonDEQClassifier:
+    """The paper's single-convolution monDEQ classifier (MNIST: 54 channels, 3 × 3 kernels, m = 1).
+
+    The input is zero-padded by ``padding`` (28 → 30 on MNIST, as in the paper's code), the state
+    is ``(channels, 30, 30)``, the readout averages 4 × 4 windows (30 → 7, the last two rows and
+    columns fall outside every window) and a linear head maps the ``54·7·7`` features to logits:
+    79,498 parameters with the defaults (the paper quotes about 84K).
+    """
+    linear = MonotoneConv(in_channels, channels, image_size, kernel_size=kernel_size, padding=padding, m=m)
+    layer = MonDEQ(linear, nonlinearity, solver=solver, alpha=alpha, tol=tol, max_iter=max_iter,
+                   backward_tol=backward_tol, backward_max_iter=backward_max_iter)
+    features = channels * (linear.size[0] // pool) * (linear.size[1] // pool)
+    return MonDEQClassifier(layer, nn.Linear(features, num_classes), readout=AvgPoolState(pool))

@@ -50,7 +50,8 @@ def train_epoch(model: MonDEQClassifier, optimizer: torch.optim.Optimizer,
                 data: Iterable[tuple[Tensor, Tensor]], *, steps: int,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                 desc: str = "train",
-                loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> EpochStats:
+                loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                on_batch: Callable[[MonDEQClassifier, Tensor, Tensor], None] | None = None) -> EpochStats:
     """One pass of training (cross entropy by default) with a progress bar.
 
     Args:
@@ -62,11 +63,15 @@ def train_epoch(model: MonDEQClassifier, optimizer: torch.optim.Optimizer,
         desc: progress-bar label.
         loss_fn: ``loss_fn(logits, y) -> scalar`` replacing cross entropy, e.g.
             :class:`mondeq.losses.LipschitzMarginLoss` for certified training.
+        on_batch: ``on_batch(model, x, y)`` called before each step, outside the step timing,
+            e.g. :class:`mondeq.tuning.AlphaTuner` to re-tune α every N steps.
     """
     model.train()
     bar = ProgressBar(steps, desc)
     totals = dict(loss=0.0, correct=0, seen=0, fw=0, bw=0, time=0.0, steps=0)
     for x, y in data:
+        if on_batch is not None:
+            on_batch(model, x, y)
         start = time.perf_counter()
         logits, stats = model.forward_with_stats(x)
         loss = nn.functional.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
@@ -105,17 +110,19 @@ def evaluate(model: MonDEQClassifier, data: Iterable[tuple[Tensor, Tensor]], *,
         data: (x, y) minibatches.
         input_scale: factor from the model's input scale to the reporting scale (the
             normalisation std for radii in pixel scale).
-        certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own);
-            accuracy and iterations are then those of that solve.
+        certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own).
+            Accuracy and iterations are always those of the layer's own settings.
     """
     correct, seen, iterations, batches_seen, radii, slack = 0, 0, 0.0, 0, [], []
     lipschitz = lipschitz_bound(model.layer)
     for x, y in data:
-        cert = certify(model, x, y, input_scale=input_scale, tol=certify_tol, batch_size=None)
+        cert = certify(model, x, y, input_scale=input_scale, batch_size=None)
         correct += int(cert.correct.sum())
         seen += len(y)
         iterations += cert.forward_iterations
         batches_seen += 1
+        if certify_tol is not None:
+            cert = certify(model, x, y, input_scale=input_scale, tol=certify_tol, batch_size=None)
         radii.append(cert.radius)
         slack.append(cert.slack)
     return Evaluation(accuracy=correct / max(seen, 1), forward_iterations=iterations / max(batches_seen, 1),

@@ -3,6 +3,8 @@
 Knows nothing about neural-network layers: an operator W (the protocol in
 :mod:`splitting.operator`), a proximal nonlinearity, a bias, and a method.
 """
+from .anderson import anderson, anderson_fb, anderson_pr
+from .douglas_rachford import douglas_rachford
 from .errors import (ConvergenceWarning, InvalidSettingError, NonFiniteInputError, StateShapeError,
                      StepSizeWarning)
 from .forward_backward import forward_backward, max_stable_alpha
@@ -14,13 +16,15 @@ from .prox import DiagonalQuadratic, Prox, ReLU, SoftThreshold
 from .result import SolverResult
 from .state import State, as_state
 
-SOLVERS = {"fb": forward_backward, "pr": peaceman_rachford}
+SOLVERS = {"fb": forward_backward, "pr": peaceman_rachford, "dr": douglas_rachford,
+           "anderson-pr": anderson_pr, "anderson-fb": anderson_fb}
 """Splitting methods by short name (the CLI's ``--solver``)."""
 
 __all__ = [
     "ConvergenceWarning", "DenseOperator", "DiagonalQuadratic", "EquilibriumStats",
     "InvalidSettingError", "LinearOperator", "NonFiniteInputError", "Prox", "ReLU", "Resolvent",
     "SOLVERS", "SoftThreshold", "SolverResult", "State", "StateShapeError", "StepSizeWarning",
-    "TransposedOperator", "as_state", "equilibrium", "forward_backward", "max_stable_alpha",
+    "TransposedOperator", "anderson", "anderson_fb", "anderson_pr", "as_state",
+    "douglas_rachford", "equilibrium", "forward_backward", "max_stable_alpha",
     "natural_residual", "peaceman_rachford",
 ]

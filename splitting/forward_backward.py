@@ -38,6 +38,7 @@ def forward_backward(
     residual: str = "step",
     check_step: str = "warn",
     resolvent: Resolvent | None = None,
+    mask: bool = False,
 ) -> SolverResult:
     """Solve for the equilibrium by forward-backward iteration.
 
@@ -53,6 +54,7 @@ def forward_backward(
         check_step: what to do when α ≥ 2m/L²: ``"warn"`` (default; the run goes on and may
             diverge, reported as ``converged=False``), ``"raise"`` or ``"ignore"``.
         resolvent: unused (FB needs no factorisation); accepted so all solvers share a signature.
+        mask: freeze each sample once it has converged (see :func:`splitting.loop.iterate`).
 
     Returns:
         :class:`~splitting.result.SolverResult`.
@@ -80,4 +82,4 @@ def forward_backward(
 
     z = initial_state(op, bias, z0)
     return iterate(step, z, z, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
-                   residual=residual, start=start, resolvent=None)
+                   residual=residual, start=start, resolvent=None, mask=mask)

@@ -33,6 +33,7 @@ def peaceman_rachford(
     z0: State | None = None,
     residual: str = "step",
     resolvent: Resolvent | None = None,
+    mask: bool = False,
 ) -> SolverResult:
     """Solve for the equilibrium by Peaceman-Rachford iteration.
 
@@ -46,6 +47,7 @@ def peaceman_rachford(
         z0: optional warm start (the auxiliary variable u starts at z0 too).
         residual: ``"step"`` (change between iterates) or ``"fixed_point"`` (true residual).
         resolvent: a factorisation of ``op`` for this α to reuse; built here when ``None``.
+        mask: freeze each sample once it has converged (see :func:`splitting.loop.iterate`).
 
     Returns:
         :class:`~splitting.result.SolverResult` carrying the resolvent for the backward pass.
@@ -69,4 +71,4 @@ def peaceman_rachford(
     z = initial_state(op, bias, z0)
     u = tuple(t.clone() for t in z)
     return iterate(step, (z, u), z, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
-                   residual=residual, start=start, resolvent=resolvent)
+                   residual=residual, start=start, resolvent=resolvent, mask=mask)

@@ -22,6 +22,9 @@ class SolverResult:
         true_residual: per-sample ‖z − σ(Wz + Ux + b)‖ / ‖z‖ of the returned z, shape (batch,).
         resolvent: the factorisation used (``None`` for methods that need none); the implicit
             backward pass reuses it transposed.
+        sample_iterations: per-sample iteration at which that sample's residual first reached
+            ``tol`` (``iterations`` for samples that never did), int64, shape (batch,). With
+            ``mask=True`` a sample stops changing from that iteration on.
     """
 
     z: State
@@ -31,6 +34,7 @@ class SolverResult:
     time: float
     true_residual: Tensor
     resolvent: Resolvent | None = field(default=None, repr=False)
+    sample_iterations: Tensor | None = field(default=None, repr=False)
 
     @property
     def max_residual(self) -> float:

@@ -1,0 +1,150 @@
+r"""Choosing the splitting step α for a layer: fewest iterations on a batch.
+
+Every α > 0 gives PR and DR (and their Anderson variants) the same fixed point, so α is purely a
+speed setting, and the best one moves as training changes W. Winston & Kolter (2020) tune it the
+simple way: start at α = 1 and halve while the iteration count keeps falling. :func:`tune_alpha`
+does that on one batch, counting forward and (by default) backward iterations, since a training
+step pays for both; :class:`AlphaTuner` repeats it every N training steps.
+
+It lives with the layers rather than in :mod:`splitting` because it needs what only a layer knows:
+its parameters' operator, its input map, its solver and tolerances, and the backward problem its
+gradient will pose.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from splitting import ConvergenceWarning, StepSizeWarning, equilibrium
+from splitting.errors import InvalidSettingError
+
+from .layer import MonDEQ
+from .models import MonDEQClassifier
+
+HALVINGS = tuple(2.0 ** -k for k in range(7))
+"""The paper's grid: 1, 1/2, …, 1/64."""
+
+
+@dataclass(frozen=True)
+class AlphaTrial:
+    """One α tried: iterations of the forward (and backward) solve, and whether both converged."""
+
+    alpha: float
+    forward_iterations: int
+    backward_iterations: int
+    converged: bool
+
+    @property
+    def cost(self) -> tuple[bool, int]:
+        """Sort key: unconverged runs rank last, then fewer total iterations first."""
+        return (not self.converged, self.forward_iterations + self.backward_iterations)
+
+
+@dataclass(frozen=True)
+class AlphaSearch:
+    """Result of :func:`tune_alpha`: the chosen α and every trial, in the order tried."""
+
+    alpha: float
+    trials: list[AlphaTrial] = field(repr=False)
+
+    @property
+    def best(self) -> AlphaTrial:
+        """The trial of the chosen α."""
+        return next(t for t in self.trials if t.alpha == self.alpha)
+
+
+def tune_alpha(layer: MonDEQ, x: Tensor, *, grid: Sequence[float] = HALVINGS,
+               backward: bool = True, exhaustive: bool = False,
+               generator: torch.Generator | None = None) -> AlphaSearch:
+    """Pick α from ``grid`` that minimises the iterations the layer needs on batch ``x``.
+
+    Tries α in the given order (default 1, 1/2, …, 1/64) and stops at the first α whose cost does
+    not improve on the previous one (the paper's "halve while iterations fall"), unless
+    ``exhaustive``. Cost is forward + backward iterations at the layer's own tolerances; runs
+    that do not converge (FB beyond 2m/L², too small an α) rank below every converged run. The
+    layer is not modified.
+
+    Args:
+        layer: the implicit layer (its solver, tol, max_iter and backward settings are used).
+        x: an input batch in the layer's input shape.
+        grid: candidate step sizes, tried in order.
+        backward: include the backward solve, for a random unit-variance gradient ḡ.
+        exhaustive: try every α in the grid.
+        generator: RNG for ḡ (default: the global one).
+
+    Returns:
+        :class:`AlphaSearch` with the chosen α (an element of ``grid``) and all trials.
+    """
+    grid = [float(a) for a in grid]
+    if not grid or any(not a > 0 for a in grid):
+        raise InvalidSettingError(f"grid must be a non-empty sequence of step sizes > 0, got {grid}")
+    layer.linear.check_input(x)
+    with torch.no_grad():
+        op = layer.linear.operator()
+        bias = tuple(b.detach() for b in layer.linear.bias(x))
+    grad = None
+    if backward:
+        grad = tuple(torch.randn(b.shape, generator=generator, dtype=b.dtype, device="cpu").to(b.device)
+                     for b in bias)
+    trials: list[AlphaTrial] = []
+    for alpha in grid:
+        trials.append(_trial(layer, op, bias, grad, alpha))
+        if not exhaustive and len(trials) > 1 and trials[-1].cost >= trials[-2].cost:
+            break
+    best = min(trials, key=lambda t: t.cost)
+    return AlphaSearch(alpha=best.alpha, trials=trials)
+
+
+def _trial(layer: MonDEQ, op, bias, grad, alpha: float) -> AlphaTrial:
+    with warnings.catch_warnings():
+        # an α outside FB's range, or one too small to converge, is an expected outcome here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", StepSizeWarning)
+        with torch.enable_grad():
+            b = tuple(t.clone().requires_grad_(grad is not None) for t in bias)
+            z, stats = equilibrium(op, layer.nonlinearity, b, solver=layer.solver, alpha=alpha,
+                                   tol=layer.tol, max_iter=layer.max_iter,
+                                   backward_tol=layer.backward_tol,
+                                   backward_max_iter=layer.backward_max_iter)
+            if grad is not None:
+                torch.autograd.grad(z, b, grad_outputs=grad)
+    fw, bw = stats.forward, stats.backward
+    converged = fw.converged and (bw is None or bw.converged)
+    return AlphaTrial(alpha=alpha, forward_iterations=fw.iterations,
+                      backward_iterations=bw.iterations if bw is not None else 0, converged=converged)
+
+
+class AlphaTuner:
+    """A training hook that re-tunes ``model.layer.alpha`` every ``every`` steps.
+
+    Pass it as ``train_epoch(..., on_batch=AlphaTuner(every=100))``; it tunes on the step's own
+    batch before the step runs (the first call tunes), and keeps a log of its choices.
+
+    Args:
+        every: steps between searches, ≥ 1.
+        grid, backward, exhaustive: as in :func:`tune_alpha`.
+    """
+
+    def __init__(self, every: int, *, grid: Sequence[float] = HALVINGS, backward: bool = True,
+                 exhaustive: bool = False) -> None:
+        if int(every) != every or every < 1:
+            raise InvalidSettingError(f"every must be a positive integer, got {every}")
+        self.every = int(every)
+        self.grid = tuple(grid)
+        self.backward = backward
+        self.exhaustive = exhaustive
+        self.steps = 0
+        self.log: list[tuple[int, AlphaSearch]] = []
+
+    def __call__(self, model: MonDEQClassifier, x: Tensor, y: Tensor) -> None:
+        if self.steps % self.every == 0:
+            x = x.reshape(x.shape[0], *model.layer.linear.input_shape)
+            search = tune_alpha(model.layer, x, grid=self.grid, backward=self.backward,
+                                exhaustive=self.exhaustive)
+            model.layer.alpha = search.alpha
+            self.log.append((self.steps, search))
+        self.steps += 1

@@ -1,0 +1,24 @@
+"""The README starts with exactly two commands, and CI runs the second one verbatim."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def leading_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+def test_readme_starts_with_main_job_and_test_commands():
+    main_job, tests = leading_commands()
+    assert main_job.count("\n") == 0 and tests.count("\n") == 0
+    assert "experiments/train.py" in main_job and "pytest" in tests
+    first_block = (ROOT / "README.md").read_text().index("```")
+    assert (ROOT / "README.md").read_text()[:first_block].count("\n") <= 2  # only the title before
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert leading_commands()[1] in ci_lines

@@ -1,0 +1,267 @@
+"""Douglas-Rachford, Anderson acceleration, per-sample masking and α tuning."""
+import functools
+import warnings
+
+import pytest
+import torch
+
+from mondeq.layer import MonDEQ
+from mondeq.models import MonDEQClassifier
+from mondeq.training import train_epoch
+from mondeq.tuning import HALVINGS, AlphaTuner, tune_alpha
+from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
+                       anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
+                       peaceman_rachford)
+from tests.conftest import make_dense
+
+NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
+NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb"]
+M = 0.5
+
+
+def problem(scale=1.5, batch=8, n=12, m=M):
+    linear = make_dense(n_in=6, n=n, m=m, scale=scale)
+    x = torch.randn(batch, 6)
+    with torch.no_grad():
+        return linear.operator(), linear.bias(x)
+
+
+def step_size(name, op):
+    """FB-based methods need α < 2m/L²; the rest converge for any α."""
+    return 0.9 * max_stable_alpha(op) if name.endswith("fb") else 0.8
+
+
+@pytest.mark.parametrize("name", NEW_SOLVERS)
+@pytest.mark.parametrize("prox", NONLINEARITIES, ids=repr)
+def test_new_solvers_reach_the_peaceman_rachford_fixed_point(name, prox):
+    op, bias = problem()
+    reference = peaceman_rachford(op, prox, bias, alpha=1.0, tol=1e-13, max_iter=5_000)
+    result = SOLVERS[name](op, prox, bias, alpha=step_size(name, op), tol=1e-12, max_iter=20_000)
+    assert result.converged
+    torch.testing.assert_close(result.z[0], reference.z[0], atol=1e-8, rtol=0)
+    assert float(result.true_residual.max()) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["dr", "anderson-pr"])
+def test_methods_without_step_limit_converge_for_large_alpha(name):
+    op, bias = problem(scale=3.0)
+    alpha = 20 * max_stable_alpha(op)
+    result = SOLVERS[name](op, ReLU(), bias, alpha=alpha, tol=1e-10, max_iter=20_000,
+                           residual="fixed_point")
+    assert result.converged
+
+
+def test_anderson_accelerates_its_base_method():
+    op, bias = problem(scale=2.0)
+    cases = (("pr", peaceman_rachford, 1.0, 1.5), ("pr", peaceman_rachford, 1 / 16, 1.5),
+             ("fb", SOLVERS["fb"], 0.9 * max_stable_alpha(op), 4.0))
+    for base, plain, alpha, speedup in cases:
+        accelerated = anderson(op, ReLU(), bias, base=base, alpha=alpha, tol=1e-8, max_iter=20_000,
+                               residual="fixed_point")
+        reference = plain(op, ReLU(), bias, alpha=alpha, tol=1e-8, max_iter=20_000, residual="fixed_point")
+        assert accelerated.converged and reference.converged
+        assert accelerated.iterations * speedup < reference.iterations, (base, alpha)
+
+
+def test_anderson_with_memory_one_is_the_base_method():
+    op, bias = problem()
+    plain = peaceman_rachford(op, ReLU(), bias, alpha=0.7, tol=1e-9, max_iter=500)
+    single = anderson(op, ReLU(), bias, base="pr", alpha=0.7, memory=1, tol=1e-9, max_iter=500)
+    assert single.iterations == plain.iterations
+    torch.testing.assert_close(single.z[0], plain.z[0], atol=1e-12, rtol=0)
+
+
+def test_anderson_safeguard_rescues_a_stalling_acceleration():
+    """Weak monotonicity (m = 0.05), a soft threshold and a long memory: unsafeguarded Anderson
+    on FB wanders (its steps often raise the residual) and stalls far from the solution; the
+    safeguard falls back to plain FB steps there and converges."""
+    op, bias = problem(scale=1.0, n=20, m=0.05)
+    prox = SoftThreshold(0.3)
+    settings = dict(base="fb", alpha=0.9 * max_stable_alpha(op), memory=20, tol=1e-9, max_iter=1_500,
+                    residual="fixed_point")
+    plain = anderson(op, prox, bias, safeguard=False, **settings)
+    safe = anderson(op, prox, bias, safeguard=True, **settings)
+    assert not plain.converged and not float(plain.true_residual.max()) <= 1e-3  # stalls or NaN
+    assert safe.converged and safe.iterations < 500
+    reference = peaceman_rachford(op, prox, bias, alpha=1.0, tol=1e-12, max_iter=50_000)
+    torch.testing.assert_close(safe.z[0], reference.z[0], atol=1e-7, rtol=0)
+
+
+def test_anderson_survives_a_singular_least_squares_problem():
+    """No regularisation: collinear residuals make the Gram system singular; no crash, no NaN."""
+    op, bias = problem(n=20, m=0.05, scale=1.0)
+    result = anderson(op, ReLU(), bias, base="fb", alpha=0.5 * max_stable_alpha(op), memory=10,
+                      regularisation=0.0, tol=1e-9, max_iter=3_000, residual="fixed_point")
+    assert result.converged and bool(torch.isfinite(result.z[0]).all())
+
+
+@pytest.mark.parametrize("bad, match", [(dict(memory=0), "memory"), (dict(mixing=0.0), "mixing"),
+                                        (dict(regularisation=-1.0), "regularisation"),
+                                        (dict(base="gd"), "base"), (dict(check_step="maybe"), "check_step")])
+def test_anderson_rejects_bad_settings(bad, match):
+    op, bias = problem()
+    with pytest.raises(InvalidSettingError, match=match):
+        anderson(op, ReLU(), bias, **bad)
+
+
+def test_anderson_fb_checks_the_step_like_fb():
+    op, bias = problem()
+    with pytest.raises(InvalidSettingError, match="2m/L"):
+        anderson_fb(op, ReLU(), bias, alpha=10.0, check_step="raise")
+
+
+# ---------------------------------------------------------------------------- implicit gradients
+
+def dense_weight(F, G):
+    eye = torch.eye(F.shape[0])
+    return (1 - M) * eye - F.T @ F + G.T - G
+
+
+def equilibrium_fn(prox, name, alpha=None):
+    def fn(x, U, b, F, G):
+        op = DenseOperator(dense_weight(F, G), M)
+        a = step_size(name, DenseOperator(dense_weight(F, G).detach(), M)) if alpha is None else alpha
+        z, _ = equilibrium(op, prox, (x @ U.T + b,), solver=SOLVERS[name], alpha=a, tol=1e-13,
+                           max_iter=20_000)
+        return z[0]
+    return fn
+
+
+def random_params(n_in=4, n=5, batch=3):
+    return (torch.randn(batch, n_in, requires_grad=True),
+            (0.5 * torch.randn(n, n_in)).requires_grad_(),
+            (0.3 * torch.randn(n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_())
+
+
+@pytest.mark.parametrize("name", NEW_SOLVERS)
+@pytest.mark.parametrize("prox", NONLINEARITIES, ids=repr)
+def test_gradcheck_all_inputs_and_parameters(name, prox):
+    assert torch.autograd.gradcheck(equilibrium_fn(prox, name), random_params(), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NEW_SOLVERS)
+def test_implicit_gradients_match_peaceman_rachford(name):
+    params = random_params(n_in=6, n=8, batch=4)
+    weights = torch.randn(4, 8)
+    prox = SoftThreshold(0.05)
+    grads = torch.autograd.grad((equilibrium_fn(prox, name)(*params) * weights).sum(), params)
+    reference = torch.autograd.grad((equilibrium_fn(prox, "pr")(*params) * weights).sum(), params)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["dr", "anderson-pr"])
+def test_backward_reuses_the_forward_resolvent(name):
+    layer = MonDEQ(make_dense(n_in=6, n=10, m=M, scale=1.5), solver=name, alpha=1.0, tol=1e-9,
+                   max_iter=500)
+    z, stats = layer.forward_with_stats(torch.randn(5, 6))
+    z[0].pow(2).sum().backward()
+    assert stats.backward.converged
+    assert stats.backward.resolvent.transpose() is stats.forward.resolvent
+
+
+# ------------------------------------------------------------------------- per-sample masking
+
+def mixed_difficulty(bias):
+    """Zero injection for the first half of the batch: z* = 0 = z0, solved at the first iteration."""
+    half = bias[0].shape[0] // 2
+    return (torch.cat([torch.zeros_like(bias[0][:half]), bias[0][half:]]),), half
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_masking_matches_unmasked_solve_and_reports_sample_iterations(name):
+    op, bias = problem()
+    bias, half = mixed_difficulty(bias)
+    prox = SoftThreshold(0.05)
+    settings = dict(alpha=step_size(name, op), tol=1e-10, max_iter=20_000)
+    masked = SOLVERS[name](op, prox, bias, mask=True, **settings)
+    unmasked = SOLVERS[name](op, prox, bias, **settings)
+    assert masked.converged and unmasked.converged
+    torch.testing.assert_close(masked.z[0], unmasked.z[0], atol=1e-8, rtol=0)
+    for result in (masked, unmasked):
+        its = result.sample_iterations
+        assert its.dtype == torch.int64 and its.shape == (bias[0].shape[0],)
+        assert int(its.max()) == result.iterations
+        assert its[:half].tolist() == [1] * half and int(its[half:].min()) > 5
+    # a frozen sample's residual trace stays flat after it converged
+    for i, k in enumerate(masked.sample_iterations.tolist()):
+        trace = masked.residuals[k - 1:, i]
+        assert float(trace[0]) <= 1e-10 and bool((trace == trace[0]).all())
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_masked_batch_equals_per_sample_solves(name):
+    op, bias = problem(batch=4)
+    prox = ReLU()
+    settings = dict(alpha=step_size(name, op), tol=1e-6, max_iter=20_000, mask=True)
+    batch = SOLVERS[name](op, prox, bias, **settings)
+    for i in range(4):
+        alone = SOLVERS[name](op, prox, (bias[0][i:i + 1],), **settings)
+        assert alone.iterations == int(batch.sample_iterations[i])
+        torch.testing.assert_close(batch.z[0][i:i + 1], alone.z[0], atol=1e-12, rtol=0)
+
+
+def test_sample_iterations_reported_without_masking():
+    op, bias = problem()
+    result = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-6, max_iter=500)
+    expected = [int((result.residuals[:, i] <= 1e-6).nonzero()[0]) + 1 for i in range(bias[0].shape[0])]
+    assert result.sample_iterations.tolist() == expected
+    assert max(expected) == result.iterations
+
+
+def test_unconverged_samples_report_all_iterations():
+    op, bias = problem()
+    result = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-14, max_iter=3)
+    assert result.sample_iterations.tolist() == [3] * bias[0].shape[0]
+
+
+# ---------------------------------------------------------------------------------- α tuning
+
+def test_tune_alpha_returns_a_grid_value_no_worse_than_alpha_one():
+    layer = MonDEQ(make_dense(n_in=6, n=20, m=0.2, scale=2.0), solver="pr", alpha=1.0, tol=1e-6,
+                   max_iter=2_000)
+    x = torch.randn(16, 6)
+    search = tune_alpha(layer, x)
+    assert search.alpha in HALVINGS
+    first = search.trials[0]
+    assert first.alpha == 1.0
+    assert search.best.cost <= first.cost
+    assert layer.alpha == 1.0  # the layer is not modified
+    full = tune_alpha(layer, x, exhaustive=True, backward=False)
+    assert [t.alpha for t in full.trials] == list(HALVINGS)
+    assert full.best.forward_iterations == min(t.forward_iterations for t in full.trials)
+
+
+def test_tune_alpha_for_fb_moves_into_the_convergent_range():
+    layer = MonDEQ(make_dense(n_in=6, n=20, m=0.5, scale=1.5), solver="fb", alpha=1.0, tol=1e-4,
+                   max_iter=2_000)
+    op = layer.linear.operator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the search silences its expected warnings
+        search = tune_alpha(layer, torch.randn(8, 6), grid=[2.0 ** -k for k in range(12)])
+    assert not search.trials[0].converged  # α = 1 is far beyond FB's range: diverges
+    assert search.best.converged and search.alpha < 1.0
+    assert max_stable_alpha(op) < 1.0
+
+
+def test_alpha_tuner_hook_sets_layer_alpha_every_n_steps():
+    torch.manual_seed(1)
+    layer = MonDEQ(make_dense(n_in=6, n=10, m=0.2, scale=2.0), solver="pr", alpha=1.0, tol=1e-4,
+                   max_iter=500)
+    model = MonDEQClassifier(layer, torch.nn.Linear(10, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(5)]
+    tuner = AlphaTuner(every=2)
+    train_epoch(model, optimizer, data, steps=5, on_batch=tuner)
+    assert [step for step, _ in tuner.log] == [0, 2, 4]
+    assert layer.alpha == tuner.log[-1][1].alpha
+    with pytest.raises(InvalidSettingError, match="every"):
+        AlphaTuner(every=0)
+
+
+def test_douglas_rachford_is_registered_and_exported():
+    assert SOLVERS["dr"] is douglas_rachford
+    assert {"fb", "pr", "dr", "anderson-pr", "anderson-fb"} <= set(SOLVERS)
