@@ -41,8 +41,7 @@ import torch
 from mondeq import fc_mondeq, single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize, num_batches
 from mondeq.training import train_epoch
-from splitting import (SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha,
-                       natural_residual, peaceman_rachford)
+from splitting import SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha, peaceman_rachford
 
 THRESHOLDS = (1e-2, 1e-4, 1e-6)
 ALPHAS = tuple(2.0 ** -k for k in range(7))

@@ -15,6 +15,7 @@ batched call and applies them with one batched matmul between an rfft2 and an ir
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +25,9 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
-from .fft import (adjoint_kernel, apply_blocks, check_kernel_size, circular_conv2d, compose_kernels,
-                  identity_blocks, kernel_blocks, pad_kernel, spectral_norm)
+from .fft import (BlockApply, adjoint_blocks, apply_blocks, adjoint_kernel, check_kernel_size,
+                  circular_conv2d, compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks,
+                  pad_kernel, rfft2_blocks, spectral_norm)
 
 
 class ConvResolvent(Resolvent):
@@ -43,14 +45,29 @@ class ConvResolvent(Resolvent):
 
     def solve(self, r: State) -> State:
         (x,) = r
-        return (apply_blocks(x, self._inv_t),)
+        return (apply_blocks(x.detach(), self._inv_t),)
 
     def solve_t(self, r: State) -> State:
         # The transposed system's blocks are Rᴴ; in row layout x̂ ↦ x̂ (Rᴴ)ᵀ = x̂ conj(R).
         if self._conj is None:
-            self._conj = self._inv_t.transpose(-2, -1).conj().contiguous()
+            self._conj = adjoint_blocks(self._inv_t)
         (x,) = r
-        return (apply_blocks(x, self._conj),)
+        return (apply_blocks(x.detach(), self._conj),)
+
+
+class _Memo:
+    """The last application of a block operator: input (weakly), its spectrum and the result."""
+
+    def __init__(self, x: Tensor, x_hat: Tensor, y: Tensor) -> None:
+        self.x = weakref.ref(x)
+        self.x_version = x._version
+        self.x_hat = x_hat
+        self.y = y
+        self.y_version = y._version
+
+    def matches(self, x: Tensor) -> bool:
+        """Whether ``x`` is the same, unmodified tensor and the stored result is unmodified too."""
+        return self.x() is x and x._version == self.x_version and self.y._version == self.y_version
 
 
 class ConvOperator(LinearOperator):
@@ -89,6 +106,7 @@ class ConvOperator(LinearOperator):
         self.f_kernel = f_kernel
         self.g_kernel = g_kernel
         self._cache: dict[tuple[str, bool], Tensor] = {}
+        self._memo: dict[str, _Memo] = {}
         self._lipschitz: float | None = None
 
     @property
@@ -101,11 +119,27 @@ class ConvOperator(LinearOperator):
 
     def mv(self, z: State) -> State:
         (x,) = z
-        return (apply_blocks(x, self._blocks("mv")),)
+        return (self._apply("mv", x),)
 
     def rmv(self, z: State) -> State:
         (x,) = z
-        return (apply_blocks(x, self._blocks("rmv")),)
+        return (self._apply("rmv", x),)
+
+    def _apply(self, which: str, x: Tensor) -> Tensor:
+        blocks = self._blocks(which)
+        memo = self._memo.get(which)
+        # Solvers apply W to their final iterate twice: once without a graph for the reported
+        # residual, once with a graph for the implicit layer (and likewise Wᵀ in the backward
+        # pass). The second application reuses the first while neither tensor has changed.
+        hit = memo is not None and memo.matches(x)
+        if torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad):
+            return BlockApply.apply(x, blocks, (memo.x_hat, memo.y.clone()) if hit else None)
+        if hit:
+            return memo.y.clone()
+        x_hat = rfft2_blocks(x)
+        y = irfft2_blocks(torch.matmul(x_hat, blocks), self.size)
+        self._memo[which] = _Memo(x, x_hat, y)
+        return y
 
     def w_blocks(self) -> Tensor:
         r"""Blocks :math:`\hat W(\omega) = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G`, ``(H·(W//2+1), C, C)``.

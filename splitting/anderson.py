@@ -39,7 +39,7 @@ from .loop import check_settings, initial_state, iterate
 from .operator import LinearOperator, Resolvent, check_alpha
 from .prox import Prox
 from .result import SolverResult
-from .state import State, tmap
+from .state import State, relative_change, roundoff_floor, tmap
 
 BASES = ("fb", "pr")
 
@@ -118,6 +118,7 @@ def anderson(
     valid = torch.zeros(batch, memory, dtype=torch.bool, device=x0.device)
     eye = torch.eye(memory, dtype=x0.dtype, device=x0.device)
     tiny = torch.finfo(x0.dtype).tiny  # keeps the column scaling finite at g = 0
+    floor = roundoff_floor(bias)  # as the loop's own step residual: z ≈ 0 counts as solved
     book = {"k": 0, "plain": torch.ones(batch, dtype=torch.bool, device=x0.device)}
 
     def accelerated() -> Tensor:
@@ -158,7 +159,7 @@ def anderson(
         r = torch.where(accept, ry, r)
         zx = torch.where(keep, zy, zx)
         zf = fmap.output(f)
-        change = torch.linalg.vector_norm(zf - zx, dim=1) / torch.linalg.vector_norm(zf, dim=1).add_(1e-12)
+        change = relative_change((zf,), (zx,), floor=floor)
         return (f, r, zx), _unflatten(zf, like), change
 
     inf = torch.full((batch,), float("inf"), dtype=x0.dtype, device=x0.device)

@@ -7,14 +7,24 @@ import torch
 
 from mondeq import ConvOperator, MonDEQ, MonotoneConv, lipschitz_bound, single_conv_mondeq
 from mondeq.conv import power_iteration_norm, weight_kernel
-from mondeq.fft import (adjoint_kernel, apply_blocks, circular_conv2d, compose_kernels, kernel_blocks,
-                        spectral_norm)
+from mondeq.fft import (adjoint_kernel, apply_blocks, circular_conv2d, compose_kernels, embed_kernel,
+                        kernel_blocks, spectral_norm)
 from splitting import (InvalidSettingError, ReLU, SoftThreshold, StateShapeError, equilibrium,
                        forward_backward, max_stable_alpha, peaceman_rachford)
 from splitting.operator import LinearOperator
 from tests.conftest import DEVICES, cuda_only
 
 ALL_DEVICES = ["cpu", pytest.param("cuda", marks=cuda_only)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: intra-op threads only add synchronisation (MKL's FFT spends
+    milliseconds per call waiting for its second thread on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 SHAPES = [(1, 5, 5, 3), (3, 5, 6, 3), (4, 6, 5, 3), (2, 6, 6, 5), (3, 5, 6, 5)]  # C, H, W, k
 M = 0.3
 
@@ -89,6 +99,9 @@ def test_kernel_blocks_diagonalise_the_convolution(hw):
     x_hat = torch.fft.rfft2(x).flatten(2).permute(2, 0, 1)
     torch.testing.assert_close(y_hat, x_hat @ blocks.transpose(-2, -1))
     torch.testing.assert_close(kernel_blocks(adjoint_kernel(kernel), hw), blocks.mH)
+    # the blocks are the rfft2 of the kernel embedded in the image with the circular shift
+    embedded = torch.fft.rfft2(embed_kernel(kernel, hw)).flatten(2).permute(2, 0, 1)
+    torch.testing.assert_close(blocks, embedded)
 
 
 # ----------------------------------------------------------------------------- the operator
@@ -346,6 +359,17 @@ def test_everything_follows_the_device_and_dtype(device):
         assert z.dtype == dtype and z.device.type == device
         assert op.resolvent(1.0).solve_t((z,))[0].dtype == dtype
         assert linear.input_norm().device.type == device
+
+
+@pytest.mark.parametrize("hw", [(5, 5), (5, 6), (6, 5), (4, 1)])
+def test_inverse_transform_backends_agree(hw):
+    from mondeq.fft import _irfft2_scipy, _irfft2_torch, irfft2_blocks, rfft2_blocks
+    x = torch.randn(3, 2, *hw)
+    spectrum = rfft2_blocks(x)
+    torch.testing.assert_close(irfft2_blocks(spectrum, hw), x)
+    torch.testing.assert_close(_irfft2_torch(spectrum, hw), x)
+    torch.testing.assert_close(_irfft2_scipy(spectrum, hw), x)
+    assert _irfft2_scipy(spectrum.to(torch.complex64), hw).dtype == torch.float32
 
 
 def test_apply_blocks_identity_roundtrip():

@@ -1,5 +1,4 @@
 """Douglas-Rachford, Anderson acceleration, per-sample masking and α tuning."""
-import functools
 import warnings
 
 import pytest
