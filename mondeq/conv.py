@@ -7,15 +7,18 @@ W is one too and the 2-D DFT block-diagonalises it: one ``C × C`` block per fre
 
 .. math:: \hat W(\omega) = (1 - m) I - \hat F(\omega)^H \hat F(\omega) + \hat G(\omega)^H - \hat G(\omega).
 
-``mv``/``rmv`` apply the convolutions directly (differentiable in the kernels); the resolvent
-:math:`(I + \alpha(I - W))^{-1}` inverts all ``H·(W//2+1)`` blocks of the half spectrum in one
-batched call and applies them with one batched matmul between an rfft2 and an irfft2
-(Winston & Kolter, "Monotone operator equilibrium networks", NeurIPS 2020, §5).
+The resolvent :math:`(I + \alpha(I - W))^{-1}` inverts all ``H·(W//2+1)`` blocks of the half
+spectrum in one batched call and applies them with one batched matmul between an rfft2 and an
+irfft2 (Winston & Kolter, "Monotone operator equilibrium networks", NeurIPS 2020, §5). ``mv`` and
+``rmv`` apply W the same way, differentiably in the kernels: about 12× fewer multiply-adds (plus
+two FFTs) than W's three direct 3 × 3 convolutions (:func:`weight_kernel` and
+:func:`~mondeq.fft.circular_conv2d` give the direct form; the tests check both agree).
 """
 from __future__ import annotations
 
 import math
 import weakref
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,16 +28,18 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
-from .fft import (BlockApply, adjoint_blocks, apply_blocks, adjoint_kernel, check_kernel_size,
-                  circular_conv2d, compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks,
-                  pad_kernel, rfft2_blocks, spectral_norm)
+from .fft import (BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size,
+                  compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel,
+                  rfft2_blocks, spectral_norm)
 
 
 class ConvResolvent(Resolvent):
     r"""The inverted blocks of :math:`(1 + \alpha) I - \alpha \hat W(\omega)`, one per frequency.
 
-    The transposed system has the conjugate-transposed blocks, so :meth:`solve_t` reuses the same
-    inverse through a lazily conjugated view (no second factorisation, no copy).
+    All blocks are factorised and inverted in one batched call (the explicit inverse turns every
+    application into one batched matmul, which is faster here than triangular solves with the LU
+    factors from the second application on). The transposed system has the conjugate-transposed
+    blocks, so :meth:`solve_t` reuses the same inverse (conjugated once, no second factorisation).
     """
 
     def __init__(self, system_blocks: Tensor, alpha: float) -> None:
@@ -80,11 +85,11 @@ class ConvOperator(LinearOperator):
 
     ``mv`` and ``rmv`` apply W in the Fourier domain, :math:`\mathcal F^{-1}\hat W\mathcal F`, with
     the blocks :math:`\hat W(\omega)` built from the kernels (differentiable in both). This is the
-    same operator as the direct convolutions (:func:`weight_kernel`, the tests check it) at a
-    fraction of the cost: at 54 channels one 3 × 3 convolution of a 30 × 30 batch costs
-    ``9·C²·H·W`` multiply-adds per sample, the block product ``4·C²·H·(W/2+1)`` (complex), about
-    4× fewer, and W needs three such convolutions (or one 5 × 5). The spectral quantities
-    (resolvent, :meth:`lipschitz`) use detached blocks; every block tensor is built once per operator.
+    same operator as the direct convolutions (:func:`weight_kernel`; the tests check it) at a
+    fraction of the cost: one 3 × 3 convolution costs ``9·C²·H·W`` real multiply-adds per sample,
+    the block product ``4·C²·H·(W//2+1)``, about 4× fewer, and W needs three convolutions (or
+    one 5 × 5). The spectral quantities (resolvent, :meth:`lipschitz`) use detached blocks; every
+    block tensor is built once per operator.
     """
 
     def __init__(self, f_kernel: Tensor, g_kernel: Tensor, m: float, size: tuple[int, int]) -> None:
@@ -149,18 +154,25 @@ class ConvOperator(LinearOperator):
         return self._blocks("w")
 
     def _blocks(self, which: str) -> Tensor:
-        # Blocks built without a graph (inside a no_grad solve) must not be reused where the
-        # graph matters (the differentiable application after the solve), so cache per mode.
-        track = torch.is_grad_enabled() and (self.f_kernel.requires_grad or self.g_kernel.requires_grad)
+        # Blocks used without a graph (inside a no_grad solve) are detached copies of the ones
+        # with a graph (the differentiable application after the solve): W's blocks are built
+        # once, with a graph whenever the kernels require gradients, even inside no_grad.
+        trainable = ((self.f_kernel.requires_grad or self.g_kernel.requires_grad)
+                     and not torch.is_inference_mode_enabled())
+        track = torch.is_grad_enabled() and trainable
         key = (which, track)
         if key not in self._cache:
             if not track and (which, True) in self._cache:
                 self._cache[key] = self._cache[(which, True)].detach()
             elif which == "w":
-                f = kernel_blocks(self.f_kernel, self.size)
-                g = kernel_blocks(self.g_kernel, self.size)
-                eye = identity_blocks(f.shape[0], f.shape[1], f)
-                self._cache[key] = (1.0 - self.m) * eye - f.mH @ f + g.mH - g
+                with torch.set_grad_enabled(trainable):
+                    f = kernel_blocks(self.f_kernel, self.size)
+                    g = kernel_blocks(self.g_kernel, self.size)
+                    eye = identity_blocks(f.shape[0], f.shape[1], f)
+                    w = (1.0 - self.m) * eye - f.mH @ f + g.mH - g
+                self._cache[("w", trainable)] = w
+                if not track:
+                    self._cache[key] = w.detach()
             elif which == "mv":  # row layout: x̂ ↦ x̂ Ŵᵀ
                 self._cache[key] = self._blocks("w").transpose(-2, -1).contiguous()
             elif which == "rmv":  # Wᵀ has blocks Ŵᴴ; row layout x̂ ↦ x̂ conj(Ŵ)
@@ -193,8 +205,9 @@ class ConvOperator(LinearOperator):
 def weight_kernel(f_kernel: Tensor, g_kernel: Tensor, m: float) -> Tensor:
     r"""The ``(2k − 1) × (2k − 1)`` kernel of :math:`W = (1 - m)I - F^\top F + G^\top - G`.
 
-    W is a circular convolution itself, so ``mv`` is a single convolution (25 taps for k = 3)
-    instead of three (27 taps) and two intermediate states. Differentiable in both kernels.
+    W is a circular convolution itself: ``circular_conv2d(z, weight_kernel(F, G, m))`` is
+    ``ConvOperator(F, G, m, size).mv((z,))`` by direct convolution (for images of at least
+    ``2k − 2`` pixels a side). A reference for tests and for readers; differentiable in both kernels.
     """
     c, k = f_kernel.shape[0], f_kernel.shape[-1]
     size = 2 * k - 1
@@ -263,7 +276,8 @@ class MonotoneConv(MonotoneParametrisation):
         return f"state=({self.channels}, {self.size[0]}, {self.size[1]}), padding={self.padding}, m={self.m:g}"
 
 
-def power_iteration_norm(apply, adjoint, x0: Tensor, *, iterations: int = 200) -> float:
+def power_iteration_norm(apply: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor],
+                         x0: Tensor, *, iterations: int = 200) -> float:
     r"""Estimate :math:`\|A\|_2` by power iteration on :math:`A^\top A` (a cross-check, from below).
 
     Args:

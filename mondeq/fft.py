@@ -204,9 +204,10 @@ class BlockApply(torch.autograd.Function):
       inverse transform applied to :math:`\bar y`: ``rfft2(ȳ) / (H·W)`` times the multiplicity of
       each half-spectrum column (:func:`half_spectrum_weights`).
 
-    One batched matmul per gradient, on contiguous operands (autograd's generic complex matmul
-    backward works on conjugated views and falls back to one small matmul per frequency). The
-    forward may be handed the spectrum and result of an identical earlier application.
+    One batched matmul per gradient without conjugated views (autograd's generic complex matmul
+    backward multiplies conjugated views, which are copied or split into one small matmul per
+    frequency). The forward may be handed the spectrum and result of an identical earlier
+    application (see :class:`~mondeq.conv.ConvOperator`).
     """
 
     @staticmethod
@@ -231,7 +232,9 @@ class BlockApply(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             h, w = ctx.size
             g_hat = rfft2_blocks(grad_y).mul_(half_spectrum_weights(ctx.size, x_hat) / (h * w))
-            grad_blocks = torch.matmul(x_hat.mH, g_hat)
+            # x̂ᴴ ĝ = conj(x̂ᵀ conj(ĝ)): a plain transpose goes to BLAS as is, a conjugated
+            # view (x̂.mH) would be materialised first
+            grad_blocks = torch.matmul(x_hat.transpose(-2, -1), g_hat.conj_physical_()).conj_physical_()
         return grad_x, grad_blocks, None
 
 
