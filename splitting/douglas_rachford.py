@@ -14,15 +14,11 @@ Kolter 2020, Appendix).
 """
 from __future__ import annotations
 
-import time
-
-import torch
-
-from .loop import check_settings, initial_state, iterate
-from .operator import LinearOperator, Resolvent, check_alpha
+from .operator import LinearOperator, Resolvent
+from .peaceman_rachford import relaxed_peaceman_rachford
 from .prox import Prox
 from .result import SolverResult
-from .state import State, tmap
+from .state import State
 
 
 def douglas_rachford(
@@ -55,23 +51,6 @@ def douglas_rachford(
     Returns:
         :class:`~splitting.result.SolverResult` carrying the resolvent for the backward pass.
     """
-    start = time.perf_counter()
-    alpha = check_alpha(alpha)
-    check_settings(op, bias, tol=tol, max_iter=max_iter, residual=residual, z0=z0)
-    if resolvent is None:
-        resolvent = op.resolvent(alpha)
-    # R is linear: R(u½ + αb) = R u½ + R(αb), so R(αb) is computed once per solve.
-    resolved_bias = resolvent.solve(tuple(alpha * b for b in bias))
-
-    def step(carry: tuple[State, State]) -> tuple[tuple[State, State], State]:
-        z, u = carry
-        u_half = tuple(zi.mul(2).sub_(ui) for zi, ui in zip(z, u))
-        z_half = tmap(torch.add, resolvent.solve(u_half), resolved_bias)
-        u = tuple(zh.sub_(zi).add_(ui) for zh, zi, ui in zip(z_half, z, u))
-        z = prox.apply(u, alpha)
-        return (z, u), z
-
-    z = initial_state(op, bias, z0)
-    u = tuple(t.clone() for t in z)
-    return iterate(step, (z, u), z, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
-                   residual=residual, start=start, resolvent=resolvent, mask=mask)
+    return relaxed_peaceman_rachford(op, prox, bias, relaxation=0.5, alpha=alpha, tol=tol,
+                                     max_iter=max_iter, z0=z0, residual=residual,
+                                     resolvent=resolvent, mask=mask)

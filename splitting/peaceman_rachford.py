@@ -52,6 +52,30 @@ def peaceman_rachford(
     Returns:
         :class:`~splitting.result.SolverResult` carrying the resolvent for the backward pass.
     """
+    return relaxed_peaceman_rachford(op, prox, bias, relaxation=1.0, alpha=alpha, tol=tol,
+                                     max_iter=max_iter, z0=z0, residual=residual,
+                                     resolvent=resolvent, mask=mask)
+
+
+def relaxed_peaceman_rachford(
+    op: LinearOperator,
+    prox: Prox,
+    bias: State,
+    *,
+    relaxation: float,
+    alpha: float,
+    tol: float,
+    max_iter: int,
+    z0: State | None,
+    residual: str,
+    resolvent: Resolvent | None,
+    mask: bool,
+) -> SolverResult:
+    r"""The Rachford family: :math:`u \leftarrow (1 - \lambda)u + \lambda(2z_{1/2} - u_{1/2})`.
+
+    λ = 1 is Peaceman-Rachford, λ = ½ Douglas-Rachford; other arguments as in
+    :func:`peaceman_rachford`.
+    """
     start = time.perf_counter()
     alpha = check_alpha(alpha)
     check_settings(op, bias, tol=tol, max_iter=max_iter, residual=residual, z0=z0)
@@ -64,7 +88,8 @@ def peaceman_rachford(
         z, u = carry
         u_half = tuple(zi.mul(2).sub_(ui) for zi, ui in zip(z, u))
         z_half = tmap(torch.add, resolvent.solve(u_half), resolved_bias)
-        u = tuple(zh.mul_(2).sub_(uh) for zh, uh in zip(z_half, u_half))
+        reflected = tuple(zh.mul_(2).sub_(uh) for zh, uh in zip(z_half, u_half))
+        u = reflected if relaxation == 1.0 else tmap(lambda ui, ri: torch.lerp(ui, ri, relaxation), u, reflected)
         z = prox.apply(u, alpha)
         return (z, u), z
 

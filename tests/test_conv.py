@@ -218,7 +218,7 @@ def test_spectral_norm_is_exact(hw, k, device):
 
 @pytest.mark.parametrize("padding", [0, 1])
 def test_input_norm(padding):
-    linear = MonotoneConv(2, 3, (4, 5), padding=padding, m=0.5)
+    linear = MonotoneConv(2, 3, (4, 5), padding=padding, m=0.5).requires_grad_(False)
     h, w = linear.size
     u_circ = materialise(lambda x: linear.U(x) - linear.U.bias.view(1, -1, 1, 1), (2, h, w))
     torch.testing.assert_close(linear.input_norm(), torch.linalg.matrix_norm(u_circ, ord=2), rtol=1e-12, atol=0)
