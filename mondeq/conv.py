@@ -147,7 +147,8 @@ class ConvOperator(LinearOperator):
         return y
 
     def w_blocks(self) -> Tensor:
-        r"""Blocks :math:`\hat W(\omega) = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G`, ``(H·(W//2+1), C, C)``.
+        r"""Blocks :math:`\hat W(\omega) = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G`, shape
+        ``(H·(W//2+1), C, C)``.
 
         Differentiable in the kernels when gradients are enabled (cached either way).
         """

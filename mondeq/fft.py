@@ -211,7 +211,8 @@ class BlockApply(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, blocks_t: Tensor, precomputed: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
+    def forward(ctx, x: Tensor, blocks_t: Tensor,  # type: ignore[override]
+                precomputed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if precomputed is None:
             x_hat = rfft2_blocks(x)
             y = irfft2_blocks(torch.matmul(x_hat, blocks_t), x.shape[-2:])
