@@ -358,7 +358,8 @@ def plot(runs: list[Run], methods: list[str], alphas: list[float], out: Path) ->
                    ylabel="worst-sample true residual")
             ax.set_ylim(1e-8, None)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"residual_vs_{kind}.png"
         fig.savefig(path, dpi=110)

@@ -133,17 +133,18 @@ class ConvOperator(LinearOperator):
     def _apply(self, which: str, x: Tensor) -> Tensor:
         blocks = self._blocks(which)
         memo = self._memo.get(which)
-        # Solvers apply W to their final iterate twice: once without a graph for the reported
-        # residual, once with a graph for the implicit layer (and likewise Wᵀ in the backward
-        # pass). The second application reuses the first while neither tensor has changed.
-        hit = memo is not None and memo.matches(x)
+        # W is often applied twice to the same tensor: with a graph for the implicit layer and
+        # without one for the reported residual of the same state. The second application
+        # reuses the first while neither tensor has changed.
+        if memo is not None and memo.matches(x):
+            x_hat, y = memo.x_hat, memo.y.clone()
+        else:
+            x_hat = rfft2_blocks(x.detach())
+            y = irfft2_blocks(torch.matmul(x_hat, blocks.detach()), self.size)
+            self._memo[which] = _Memo(x, x_hat, y)
         if torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad):
-            return BlockApply.apply(x, blocks, (memo.x_hat, memo.y.clone()) if hit else None)
-        if hit:
-            return memo.y.clone()
-        x_hat = rfft2_blocks(x)
-        y = irfft2_blocks(torch.matmul(x_hat, blocks), self.size)
-        self._memo[which] = _Memo(x, x_hat, y)
+            # a detached alias: the memo's tensor itself must not become a graph output
+            return BlockApply.apply(x, blocks, (x_hat, y.detach()))
         return y
 
     def w_blocks(self) -> Tensor:

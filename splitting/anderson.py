@@ -38,6 +38,7 @@ from .forward_backward import ALPHA_CHECKS, max_stable_alpha
 from .loop import check_settings, initial_state, iterate
 from .operator import LinearOperator, Resolvent, check_alpha
 from .prox import Prox
+from .peaceman_rachford import reflected_resolvent_step
 from .result import SolverResult
 from .state import State, relative_change, roundoff_floor, tmap
 
@@ -204,16 +205,14 @@ def _fb_map(op: LinearOperator, prox: Prox, bias: State, alpha: float):
 
 def _pr_map(op: LinearOperator, prox: Prox, bias: State, alpha: float, resolvent: Resolvent):
     """PR's map on u and the state it stands for, ``z = prox_{αf}(u)``."""
-    resolved_bias = resolvent.solve(tuple(alpha * b for b in bias))
+    scaled_bias = tuple(alpha * b for b in bias)
 
     def output(u: State) -> State:
         return prox.apply(u, alpha)
 
     def apply(u: State) -> tuple[State, State]:
         z = output(u)
-        u_half = tuple(zi.mul(2).sub_(ui) for zi, ui in zip(z, u))
-        z_half = tmap(torch.add, resolvent.solve(u_half), resolved_bias)
-        return tuple(zh.mul_(2).sub_(uh) for zh, uh in zip(z_half, u_half)), z
+        return reflected_resolvent_step(resolvent, z, u, scaled_bias), z
 
     return apply, output
 

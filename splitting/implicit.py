@@ -1,16 +1,20 @@
 r"""Implicit differentiation through an equilibrium, shared by every splitting method.
 
 Forward: solve :math:`z^\star = \sigma(Wz^\star + b)` without a graph, then apply the layer once
-with the graph, :math:`z = \sigma(v)`, :math:`v = W\,\mathrm{sg}(z^\star) + b`. Backward: an identity
-node on :math:`z` replaces the incoming gradient :math:`\bar g` by
+with the graph, :math:`v = W\,\mathrm{sg}(z^\star) + b`, :math:`z = \sigma(v)`. The nonlinearity
+is a custom node whose backward replaces the gradient :math:`\bar g` arriving at :math:`z` by the
+exact implicit gradient with respect to :math:`v`,
 
-.. math:: \tilde g = \bar g + W^\top u,\qquad u = (I - J W^\top)^{-1} J \bar g,\qquad J = \sigma'(v),
+.. math:: u = (I - J W^\top)^{-1} J \bar g,\qquad J = \sigma'(v).
 
-so that autograd through the single application yields :math:`J\tilde g = u`, the exact implicit
-gradient with respect to :math:`v` (and from there to W's parameters, U, b and x).
-:math:`u` solves the monotone inclusion :math:`0 \in (I - W^\top)u - \bar g + Du`,
-:math:`D = J^{-1} - I`, by the same splitting method on :math:`W^\top`, reusing the forward
-resolvent transposed. Memory is that of one layer application, whatever the iteration count.
+(Differentiating :math:`z^\star = \sigma(Wz^\star + b)` gives :math:`dz = J(W\,dz + dv_0)` with
+:math:`dv_0 = dW\,z^\star + db` the change of :math:`v` at fixed :math:`z^\star`, so
+:math:`dz = (I - JW)^{-1}J\,dv_0`, and :math:`((I - JW)^{-1}J)^\top = (I - JW^\top)^{-1}J` by
+the push-through identity.) Autograd carries :math:`u` from :math:`v` to W's parameters, U, b and x. :math:`u` solves the
+monotone inclusion :math:`0 \in (I - W^\top)u - \bar g + Du`, :math:`D = J^{-1} - I`, by the same
+splitting method on :math:`W^\top`, reusing the forward resolvent transposed. Memory is that of
+one layer application, whatever the iteration count, and the backward pass costs the solve plus
+the parameter gradients of one application of W.
 """
 from __future__ import annotations
 
@@ -49,24 +53,25 @@ class _BackwardProblem:
     stats: EquilibriumStats
 
 
-class _ImplicitGradient(torch.autograd.Function):
-    """Identity on z whose backward solves the transposed implicit system by splitting."""
+class _ImplicitNonlinearity(torch.autograd.Function):
+    r""":math:`z = \sigma(v)` whose backward returns the implicit gradient :math:`u` for :math:`v`."""
 
     @staticmethod
-    def forward(ctx, problem: _BackwardProblem, *z: torch.Tensor):  # type: ignore[override]
+    def forward(ctx, problem: _BackwardProblem, prox: Prox, *v: torch.Tensor):  # type: ignore[override]
         ctx.problem = problem
-        return tuple(t.clone() for t in z)
+        return prox.apply(v)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
         p: _BackwardProblem = ctx.problem
         resolvent = p.forward.resolvent.transpose() if p.forward.resolvent is not None else None
-        result = p.solver(p.op.transpose(), DiagonalQuadratic(p.jacobian), tuple(grads),
+        grads = tuple(torch.zeros_like(j) if g is None else g for g, j in zip(grads, p.jacobian))
+        result = p.solver(p.op.transpose(), DiagonalQuadratic(p.jacobian), grads,
                           alpha=p.alpha, tol=p.tol, max_iter=p.max_iter, resolvent=resolvent)
         _warn_if_unconverged(result, "backward")
         p.stats.backward = result
-        corrected = tmap(torch.add, tuple(grads), p.op.rmv(result.z))
-        return (None, *corrected)
+        return (None, None, *result.z)
 
 
 def equilibrium(
@@ -103,16 +108,15 @@ def equilibrium(
     _warn_if_unconverged(result, "forward")
     stats = EquilibriumStats(forward=result)
     v = tmap(torch.add, op.mv(result.z), bias)
-    z = prox.apply(v)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in z)):
-        return z, stats
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in v)):
+        return prox.apply(v), stats
     with torch.no_grad():
         jacobian = tuple(prox.derivative(t.detach()) for t in v)
     problem = _BackwardProblem(op=op, jacobian=jacobian, forward=result, solver=solver, alpha=alpha,
                                tol=tol if backward_tol is None else backward_tol,
                                max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                                stats=stats)
-    return tuple(_ImplicitGradient.apply(problem, *z)), stats
+    return tuple(_ImplicitNonlinearity.apply(problem, prox, *v)), stats
 
 
 def _warn_if_unconverged(result: SolverResult, which: str) -> None:

@@ -1,6 +1,7 @@
 """The iteration loop shared by every splitting method: stopping, residual trace, timing."""
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, TypeVar
 
@@ -21,6 +22,11 @@ def natural_residual(op: LinearOperator, prox: Prox, bias: State, z: State) -> T
     r"""Per-sample relative fixed-point residual :math:`\|z - \sigma(Wz + b)\| / \|z\|`."""
     target = prox.apply(tmap(torch.add, op.mv(z), bias))
     return relative_change(z, target, floor=roundoff_floor(bias))
+
+
+@torch.no_grad()
+def _detached_residual(op: LinearOperator, prox: Prox, bias: State, z: State) -> Tensor:
+    return natural_residual(op, prox, bias, tuple(t.detach() for t in z))
 
 
 def check_settings(op: LinearOperator, bias: State, *, tol: float, max_iter: int, residual: str,
@@ -111,7 +117,7 @@ def iterate(
         residuals=residuals,
         converged=converged,
         time=time.perf_counter() - start,
-        true_residual=natural_residual(op, prox, bias, z),
+        residual_fn=functools.partial(_detached_residual, op, prox, bias, z),
         resolvent=resolvent,
         sample_iterations=first_below(residuals, tol),
     )

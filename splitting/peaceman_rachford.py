@@ -81,14 +81,11 @@ def relaxed_peaceman_rachford(
     check_settings(op, bias, tol=tol, max_iter=max_iter, residual=residual, z0=z0)
     if resolvent is None:
         resolvent = op.resolvent(alpha)
-    # R is linear: R(u½ + αb) = R u½ + R(αb), so R(αb) is computed once per solve.
-    resolved_bias = resolvent.solve(tuple(alpha * b for b in bias))
+    scaled_bias = tuple(alpha * b for b in bias)
 
     def step(carry: tuple[State, State]) -> tuple[tuple[State, State], State]:
         z, u = carry
-        u_half = tuple(zi.mul(2).sub_(ui) for zi, ui in zip(z, u))
-        z_half = tmap(torch.add, resolvent.solve(u_half), resolved_bias)
-        reflected = tuple(zh.mul_(2).sub_(uh) for zh, uh in zip(z_half, u_half))
+        reflected = reflected_resolvent_step(resolvent, z, u, scaled_bias)
         u = reflected if relaxation == 1.0 else tmap(lambda ui, ri: torch.lerp(ui, ri, relaxation), u, reflected)
         z = prox.apply(u, alpha)
         return (z, u), z
@@ -97,3 +94,15 @@ def relaxed_peaceman_rachford(
     u = tuple(t.clone() for t in z)
     return iterate(step, (z, u), z, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
                    residual=residual, start=start, resolvent=resolvent, mask=mask)
+
+
+def reflected_resolvent_step(resolvent: Resolvent, z: State, u: State, scaled_bias: State) -> State:
+    r"""The Peaceman-Rachford reflection :math:`2R(u_{1/2} + \alpha b) - u_{1/2}`, :math:`u_{1/2} = 2z - u`.
+
+    ``scaled_bias`` is :math:`\alpha b`. One resolvent application and three elementwise passes
+    (``lerp`` with weight 2 forms each reflection :math:`2y - x` in one pass); nothing is modified
+    in place, so the caller's carry may be kept (masking, Anderson's history).
+    """
+    u_half = tmap(lambda zi, ui: torch.lerp(ui, zi, 2.0), z, u)
+    z_half = resolvent.solve(tmap(torch.add, u_half, scaled_bias))
+    return tmap(lambda zh, uh: torch.lerp(uh, zh, 2.0), z_half, u_half)

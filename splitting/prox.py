@@ -82,16 +82,23 @@ class DiagonalQuadratic(Prox):
 
     def __init__(self, jacobian: State) -> None:
         self.jacobian = jacobian
+        self._scales: dict[float, State] = {}
+
+    def scale(self, alpha: float = 1.0) -> State:
+        r"""The diagonal :math:`J / (J + \alpha(1 - J))` per tier, computed once per α (it is
+        :math:`J` itself for α = 1, and for a 0/1 Jacobian such as ReLU's)."""
+        if alpha not in self._scales:
+            self._scales[alpha] = self.jacobian if alpha == 1.0 else tuple(
+                j / (j + alpha * (1 - j)) for j in self.jacobian)
+        return self._scales[alpha]
 
     def apply(self, v: State, alpha: float = 1.0) -> State:
-        return tuple(j * t / (j + alpha * (1 - j)) for j, t in zip(self.jacobian, v))
+        return tuple(s * t for s, t in zip(self.scale(alpha), v))
 
     def prox(self, v: Tensor, alpha: float = 1.0) -> Tensor:
         if len(self.jacobian) != 1:
             raise InvalidSettingError("DiagonalQuadratic.prox on a single tensor needs a single-tier Jacobian")
-        j = self.jacobian[0]
-        return j * v / (j + alpha * (1 - j))
+        return self.scale(alpha)[0] * v
 
     def derivative(self, v: Tensor, alpha: float = 1.0) -> Tensor:
-        j = self.jacobian[0]
-        return (j / (j + alpha * (1 - j))).expand_as(v)
+        return self.scale(alpha)[0].expand_as(v)

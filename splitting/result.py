@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
 
 from torch import Tensor
 
@@ -19,7 +21,8 @@ class SolverResult:
         residuals: per-sample relative residual after each iteration, shape (iterations, batch).
         converged: whether every sample's residual reached ``tol``.
         time: wall-clock seconds spent in the solve (including the factorisation).
-        true_residual: per-sample ‖z − σ(Wz + Ux + b)‖ / ‖z‖ of the returned z, shape (batch,).
+        true_residual: per-sample ‖z − σ(Wz + Ux + b)‖ / ‖z‖ of the returned z, shape (batch,);
+            computed on first access (one more application of W), by ``residual_fn``.
         resolvent: the factorisation used (``None`` for methods that need none); the implicit
             backward pass reuses it transposed.
         sample_iterations: per-sample iteration at which that sample's residual first reached
@@ -32,9 +35,14 @@ class SolverResult:
     residuals: Tensor
     converged: bool
     time: float
-    true_residual: Tensor
+    residual_fn: Callable[[], Tensor] = field(repr=False, compare=False)
     resolvent: Resolvent | None = field(default=None, repr=False)
     sample_iterations: Tensor | None = field(default=None, repr=False)
+
+    @cached_property
+    def true_residual(self) -> Tensor:
+        """Per-sample relative fixed-point residual of ``z`` (computed once, on first access)."""
+        return self.residual_fn()
 
     @property
     def max_residual(self) -> float:

@@ -264,3 +264,39 @@ def test_alpha_tuner_hook_sets_layer_alpha_every_n_steps():
 def test_douglas_rachford_is_registered_and_exported():
     assert SOLVERS["dr"] is douglas_rachford
     assert {"fb", "pr", "dr", "anderson-pr", "anderson-fb"} <= set(SOLVERS)
+
+
+# ------------------------------------------------------------------- the comparison experiment
+
+def test_compare_splitting_reports_divergence_without_crashing(tmp_path):
+    """The experiment end to end on a small FC checkpoint: FB at α = 1 shows as diverged."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from mondeq import fc_mondeq
+
+    torch.set_default_dtype(torch.float32)  # as a checkpoint of the main job
+    model = fc_mondeq(784, 20, 10, m=1.0)
+    with torch.no_grad():  # a large skew part: L ≫ m, so FB at α = 1 cannot converge
+        model.layer.linear.G.mul_(2.0)
+    torch.save({"config": {"model": "fc", "hidden": 20, "m": 1.0}, "model": model.state_dict()},
+               tmp_path / "checkpoint.pt")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "compare_splitting.py"
+    spec = importlib.util.spec_from_file_location("compare_splitting", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    runs = module.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--batch", "8",
+                        "--methods", "fb", "pr", "anderson-pr", "--alphas", "1", "0.5",
+                        "--max-iter", "100", "--repeats", "1", "--out", str(tmp_path / "out")])
+    status = {(r.direction, r.method, r.alpha): r.status for r in runs}
+    assert status["forward", "fb", 1.0] == "diverged"
+    assert status["forward", "pr", 1.0] == "converged"
+    for name in ("comparison.csv", "comparison.md", "residual_vs_iteration.png",
+                 "residual_vs_time.png", "iterations_vs_alpha.png"):
+        assert (tmp_path / "out" / name).is_file()
+    assert "| fb | div |" in (tmp_path / "out" / "comparison.md").read_text()
