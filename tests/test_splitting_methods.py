@@ -300,3 +300,42 @@ def test_compare_splitting_reports_divergence_without_crashing(tmp_path):
                  "residual_vs_time.png", "iterations_vs_alpha.png"):
         assert (tmp_path / "out" / name).is_file()
     assert "| fb | div |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def _load_experiment(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(folder))  # the experiment imports its sibling compare_splitting
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_pr_spectrum_matrix_is_the_linearised_peaceman_rachford_map():
+    """(2R − I)(2P − I) is the derivative of PR's map at its fixed point u* = z* + α(Wz* + b − z*)."""
+    from splitting.peaceman_rachford import reflected_resolvent_step
+
+    spectrum = _load_experiment("pr_spectrum")
+    op, bias = problem(batch=3)
+    alpha = 0.6
+    z = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-14, max_iter=20_000).z[0]
+    v = z @ op.weight.T + bias[0]
+    u_star = z + alpha * (v - z)
+    resolvent = op.resolvent(alpha)
+
+    def pr_map(u):
+        return reflected_resolvent_step(resolvent, (torch.relu(u),), (u,), (alpha * bias[0],))[0]
+
+    torch.testing.assert_close(pr_map(u_star), u_star, atol=1e-10, rtol=0)  # the fixed point
+    matrices = spectrum.iteration_matrices(op.weight, (v > 0).to(v.dtype), alpha)
+    delta = torch.randn_like(u_star)
+    eps = 1e-3 * float(u_star.abs().min())  # small enough that no entry of u changes sign
+    linearised = (pr_map(u_star + eps * delta) - pr_map(u_star)) / eps
+    torch.testing.assert_close(linearised, torch.einsum("bij,bj->bi", matrices, delta), atol=1e-5, rtol=1e-5)
