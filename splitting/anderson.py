@@ -37,8 +37,8 @@ from .errors import InvalidSettingError, StepSizeWarning
 from .forward_backward import ALPHA_CHECKS, max_stable_alpha
 from .loop import check_settings, initial_state, iterate
 from .operator import LinearOperator, Resolvent, check_alpha
-from .prox import Prox
 from .peaceman_rachford import reflected_resolvent_step
+from .prox import Prox
 from .result import SolverResult
 from .state import State, relative_change, roundoff_floor, tmap
 

@@ -10,11 +10,11 @@ exact implicit gradient with respect to :math:`v`,
 (Differentiating :math:`z^\star = \sigma(Wz^\star + b)` gives :math:`dz = J(W\,dz + dv_0)` with
 :math:`dv_0 = dW\,z^\star + db` the change of :math:`v` at fixed :math:`z^\star`, so
 :math:`dz = (I - JW)^{-1}J\,dv_0`, and :math:`((I - JW)^{-1}J)^\top = (I - JW^\top)^{-1}J` by
-the push-through identity.) Autograd carries :math:`u` from :math:`v` to W's parameters, U, b and x. :math:`u` solves the
-monotone inclusion :math:`0 \in (I - W^\top)u - \bar g + Du`, :math:`D = J^{-1} - I`, by the same
-splitting method on :math:`W^\top`, reusing the forward resolvent transposed. Memory is that of
-one layer application, whatever the iteration count, and the backward pass costs the solve plus
-the parameter gradients of one application of W.
+the push-through identity.) Autograd carries :math:`u` from :math:`v` to W's parameters, U, b
+and x. :math:`u` solves the monotone inclusion :math:`0 \in (I - W^\top)u - \bar g + Du`,
+:math:`D = J^{-1} - I`, by the same splitting method on :math:`W^\top`, reusing the forward
+resolvent transposed. Memory is that of one layer application, whatever the iteration count,
+and the backward pass costs the solve plus the parameter gradients of one application of W.
 """
 from __future__ import annotations
 
@@ -66,7 +66,6 @@ class _ImplicitNonlinearity(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
         p: _BackwardProblem = ctx.problem
         resolvent = p.forward.resolvent.transpose() if p.forward.resolvent is not None else None
-        grads = tuple(torch.zeros_like(j) if g is None else g for g, j in zip(grads, p.jacobian))
         result = p.solver(p.op.transpose(), DiagonalQuadratic(p.jacobian), grads,
                           alpha=p.alpha, tol=p.tol, max_iter=p.max_iter, resolvent=resolvent)
         _warn_if_unconverged(result, "backward")

@@ -121,3 +121,32 @@ def count_graph_nodes(fn) -> int:
         seen.add(node)
         stack.extend(next_fn for next_fn, _ in node.next_functions)
     return len(seen)
+
+
+class _CountingOperator(DenseOperator):
+    """A dense operator that counts its applications of W and Wᵀ."""
+
+    def __init__(self, weight, m):
+        super().__init__(weight, m)
+        self.calls = {"mv": 0, "rmv": 0}
+
+    def mv(self, z):
+        self.calls["mv"] += 1
+        return super().mv(z)
+
+    def rmv(self, z):
+        self.calls["rmv"] += 1
+        return super().rmv(z)
+
+
+def test_peaceman_rachford_step_applies_w_once_and_never_its_transpose():
+    """Forward and backward iterate with the resolvent only: one differentiable application of W
+    per training step, and none of Wᵀ (the implicit node hands u to v directly)."""
+    x, U, b, F, G = random_params()
+    op = _CountingOperator(dense_weight(F, G), M)
+    z, stats = equilibrium(op, ReLU(), (x @ U.T + b,), solver=peaceman_rachford, alpha=1.0,
+                           tol=1e-10, max_iter=500)
+    z[0].square().sum().backward()
+    assert stats.backward is not None and stats.backward.converged
+    assert op.calls == {"mv": 1, "rmv": 0}
+    assert F.grad is not None and torch.isfinite(F.grad).all()
