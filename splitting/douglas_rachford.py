@@ -34,22 +34,10 @@ def douglas_rachford(
     resolvent: Resolvent | None = None,
     mask: bool = False,
 ) -> SolverResult:
-    """Solve for the equilibrium by Douglas-Rachford iteration.
+    """Solve for the equilibrium by Douglas-Rachford iteration (relaxation ½ of
+    :func:`~splitting.peaceman_rachford.relaxed_peaceman_rachford`).
 
-    Args:
-        op: the operator W.
-        prox: the nonlinearity σ = prox_f.
-        bias: Ux + b as a state, batch first.
-        alpha: step size, any α > 0.
-        tol: stop when every sample's relative residual is ≤ tol.
-        max_iter: iteration cap.
-        z0: optional warm start (the auxiliary variable u starts at z0 too).
-        residual: ``"step"`` (change between iterates) or ``"fixed_point"`` (true residual).
-        resolvent: a factorisation of ``op`` for this α to reuse; built here when ``None``.
-        mask: freeze each sample once it has converged (see :func:`splitting.loop.iterate`).
-
-    Returns:
-        :class:`~splitting.result.SolverResult` carrying the resolvent for the backward pass.
+    Arguments and result as in :func:`~splitting.peaceman_rachford.peaceman_rachford`.
     """
     return relaxed_peaceman_rachford(op, prox, bias, relaxation=0.5, alpha=alpha, tol=tol,
                                      max_iter=max_iter, z0=z0, residual=residual,

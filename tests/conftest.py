@@ -26,3 +26,18 @@ def make_dense(n_in: int = 6, n: int = 5, m: float = 0.5, scale: float = 1.0) ->
         linear.F.mul_(scale)
         linear.G.mul_(scale)
     return linear
+
+
+def dense_weight(F: torch.Tensor, G: torch.Tensor, m: float) -> torch.Tensor:
+    """W = (1 − m)I − FᵀF + Gᵀ − G, differentiable in F and G."""
+    eye = torch.eye(F.shape[0], dtype=F.dtype)
+    return (1 - m) * eye - F.T @ F + G.T - G
+
+
+def random_params(n_in: int = 4, n: int = 5, batch: int = 3) -> tuple[torch.Tensor, ...]:
+    """``(x, U, b, F, G)`` of a small dense monDEQ, all requiring gradients (for gradcheck)."""
+    return (torch.randn(batch, n_in, requires_grad=True),
+            (0.5 * torch.randn(n, n_in)).requires_grad_(),
+            (0.3 * torch.randn(n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_(),
+            (0.6 * torch.randn(n, n)).requires_grad_())

@@ -7,39 +7,26 @@ import torch
 from mondeq.layer import MonDEQ
 from splitting import (DenseOperator, ReLU, SoftThreshold, equilibrium, forward_backward,
                        max_stable_alpha, peaceman_rachford)
-from tests.conftest import make_dense
+from tests.conftest import dense_weight, make_dense, random_params
 
 NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
 M = 0.5
 
 
-def dense_weight(F, G):
-    eye = torch.eye(F.shape[0])
-    return (1 - M) * eye - F.T @ F + G.T - G
-
-
 def solver_and_alpha(name, F, G):
     if name == "pr":
         return peaceman_rachford, 0.8
-    op = DenseOperator(dense_weight(F, G).detach(), M)
+    op = DenseOperator(dense_weight(F, G, M).detach(), M)
     return functools.partial(forward_backward, check_step="raise"), 0.9 * max_stable_alpha(op)
 
 
 def equilibrium_fn(prox, solver, alpha):
     def fn(x, U, b, F, G):
-        op = DenseOperator(dense_weight(F, G), M)
+        op = DenseOperator(dense_weight(F, G, M), M)
         z, _ = equilibrium(op, prox, (x @ U.T + b,), solver=solver, alpha=alpha, tol=1e-13,
                            max_iter=20_000)
         return z[0]
     return fn
-
-
-def random_params(n_in=4, n=5, batch=3):
-    return (torch.randn(batch, n_in, requires_grad=True),
-            (0.5 * torch.randn(n, n_in)).requires_grad_(),
-            (0.3 * torch.randn(n)).requires_grad_(),
-            (0.6 * torch.randn(n, n)).requires_grad_(),
-            (0.6 * torch.randn(n, n)).requires_grad_())
 
 
 @pytest.mark.parametrize("solver_name", ["fb", "pr"])
@@ -53,7 +40,7 @@ def test_gradcheck_all_inputs_and_parameters(solver_name, prox):
 
 def unrolled_equilibrium(prox, x, U, b, F, G, iterations=3_000):
     """Autograd through a long forward-backward iteration (the slow, memory-hungry reference)."""
-    w = dense_weight(F, G)
+    w = dense_weight(F, G, M)
     alpha = 0.9 * max_stable_alpha(DenseOperator(w.detach(), M))
     bias = x @ U.T + b
     z = torch.zeros_like(bias)
@@ -143,7 +130,7 @@ def test_peaceman_rachford_step_applies_w_once_and_never_its_transpose():
     """Forward and backward iterate with the resolvent only: one differentiable application of W
     per training step, and none of Wᵀ (the implicit node hands u to v directly)."""
     x, U, b, F, G = random_params()
-    op = _CountingOperator(dense_weight(F, G), M)
+    op = _CountingOperator(dense_weight(F, G, M), M)
     z, stats = equilibrium(op, ReLU(), (x @ U.T + b,), solver=peaceman_rachford, alpha=1.0,
                            tol=1e-10, max_iter=500)
     z[0].square().sum().backward()

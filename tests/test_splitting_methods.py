@@ -11,7 +11,7 @@ from mondeq.tuning import HALVINGS, AlphaTuner, tune_alpha
 from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
                        anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
                        peaceman_rachford)
-from tests.conftest import make_dense
+from tests.conftest import dense_weight, make_dense, random_params
 
 NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
 NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb"]
@@ -111,27 +111,15 @@ def test_anderson_fb_checks_the_step_like_fb():
 
 # ---------------------------------------------------------------------------- implicit gradients
 
-def dense_weight(F, G):
-    eye = torch.eye(F.shape[0])
-    return (1 - M) * eye - F.T @ F + G.T - G
-
 
 def equilibrium_fn(prox, name, alpha=None):
     def fn(x, U, b, F, G):
-        op = DenseOperator(dense_weight(F, G), M)
-        a = step_size(name, DenseOperator(dense_weight(F, G).detach(), M)) if alpha is None else alpha
+        op = DenseOperator(dense_weight(F, G, M), M)
+        a = step_size(name, DenseOperator(dense_weight(F, G, M).detach(), M)) if alpha is None else alpha
         z, _ = equilibrium(op, prox, (x @ U.T + b,), solver=SOLVERS[name], alpha=a, tol=1e-13,
                            max_iter=20_000)
         return z[0]
     return fn
-
-
-def random_params(n_in=4, n=5, batch=3):
-    return (torch.randn(batch, n_in, requires_grad=True),
-            (0.5 * torch.randn(n, n_in)).requires_grad_(),
-            (0.3 * torch.randn(n)).requires_grad_(),
-            (0.6 * torch.randn(n, n)).requires_grad_(),
-            (0.6 * torch.randn(n, n)).requires_grad_())
 
 
 @pytest.mark.parametrize("name", NEW_SOLVERS)
