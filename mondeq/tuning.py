@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from splitting import ConvergenceWarning, StepSizeWarning, equilibrium
 from splitting.errors import InvalidSettingError
 
+from .distributed import broadcast_object, is_distributed, unwrap
 from .layer import MonDEQ
 from .models import MonDEQClassifier
 
@@ -122,7 +124,9 @@ class AlphaTuner:
     """A training hook that re-tunes ``model.layer.alpha`` every ``every`` steps.
 
     Pass it as ``train_epoch(..., on_batch=AlphaTuner(every=100))``; it tunes on the step's own
-    batch before the step runs (the first call tunes), and keeps a log of its choices.
+    batch before the step runs (the first call tunes), and keeps a log of its choices. Under
+    torch.distributed (the model may be the :func:`mondeq.distributed.wrap_model` wrapper), rank
+    0 tunes on its batch and broadcasts the result, so every rank uses the same α.
 
     Args:
         every: steps between searches, ≥ 1.
@@ -142,9 +146,16 @@ class AlphaTuner:
 
     def __call__(self, model: MonDEQClassifier, x: Tensor, y: Tensor) -> None:
         if self.steps % self.every == 0:
-            x = x.reshape(x.shape[0], *model.layer.linear.input_shape)
-            search = tune_alpha(model.layer, x, grid=self.grid, backward=self.backward,
-                                exhaustive=self.exhaustive)
+            # Under torch.distributed every rank must train with the same operator: rank 0
+            # searches on its own share of the batch and broadcasts its result (a collective, so
+            # every rank calls the tuner at every step, as train_epoch does).
+            model = unwrap(model)
+            search = None
+            if not is_distributed() or dist.get_rank() == 0:
+                x = x.reshape(x.shape[0], *model.layer.linear.input_shape)
+                search = tune_alpha(model.layer, x, grid=self.grid, backward=self.backward,
+                                    exhaustive=self.exhaustive)
+            search = broadcast_object(search)
             model.layer.alpha = search.alpha
             self.log.append((self.steps, search))
         self.steps += 1
