@@ -177,6 +177,15 @@ def rank_batches(order: Tensor, batch_size: int, info: DistInfo) -> list[Tensor]
     return steps
 
 
+def shard(n: int, info: DistInfo) -> Tensor:
+    """This rank's contiguous share of ``range(n)`` for evaluation: nothing dropped or repeated.
+
+    Shares differ in size by at most one, so reduce counts (:func:`all_reduce_sum`), not means.
+    Evaluation has no backward, so unequal shares (and unequal numbers of batches) are safe.
+    """
+    return torch.tensor_split(torch.arange(n), info.world_size)[info.rank]
+
+
 def all_reduce_sum(t: Tensor) -> Tensor:
     """The elementwise sum of ``t`` over ranks, on every rank (``t`` itself without a group).
 
