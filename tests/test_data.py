@@ -98,7 +98,7 @@ def test_mnist_root_honours_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     assert mnist_root() == DEFAULT_ROOT
-    assert DEFAULT_ROOT == Path(data.__file__).resolve().parents[1] / "data" / "mnist"
+    assert DEFAULT_ROOT == Path(data.__file__).resolve().parents[2] / "data" / "mnist"
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
     assert mnist_root() == tmp_path / "mnist"
     with pytest.raises(FileNotFoundError):
@@ -189,7 +189,7 @@ def _patch_fetch(monkeypatch: pytest.MonkeyPatch, source) -> list[str]:
         dest.write(blob)
         return len(blob)
 
-    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    monkeypatch.setattr(data.download, "_fetch", fake_fetch)
     return calls
 
 
@@ -284,7 +284,7 @@ def test_download_all_mirrors_down(
     def fail(url: str, dest, *, timeout: float) -> int:
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(data, "_fetch", fail)
+    monkeypatch.setattr(data.download, "_fetch", fail)
     with pytest.raises(DownloadError, match="offline"):
         download_mnist(tmp_path)
     assert list(tmp_path.iterdir()) == []
