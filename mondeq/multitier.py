@@ -1,0 +1,278 @@
+r"""Multi-tier convolutional monotone parametrisation (Winston & Kolter 2020, §4 and appendix).
+
+The state is a tuple of feature maps :math:`z = (z_0, …, z_{T-1})`, tier i with :math:`c_i`
+channels on an :math:`H/2^i × W/2^i` grid. W keeps the monotone form
+
+.. math:: W = (1 - m)I - F^\top F + G^\top - G,\qquad I - W = mI + F^\top F + (G - G^\top),
+
+so the margin m is exact for any parameter values:
+
+* G is block diagonal, one circular ``k × k`` convolution :math:`G_i` per tier;
+* F is block lower bidiagonal, :math:`(Fz)_i = A_i z_i + S_{i-1} z_{i-1}`, with circular
+  convolutions :math:`A_i` and stride-2 convolutions :math:`S_i = D\,C_i` from tier i to tier
+  i + 1 (a circular convolution :math:`C_i` on tier i's grid, then every second row and column:
+  the paper's ``conv2d(circular_pad(z), A_n, stride=2)``).
+
+U (with a bias) injects the zero-padded input into tier 0 only; tiers ≥ 1 have their own
+per-channel bias. ``mv``/``rmv`` apply W by direct convolutions (autograd gives the parameter
+gradients); the resolvent is exact and lives in :mod:`mondeq.tier_coupling`. A stride-2 map
+needs an even grid, so every tier but the last has even height and width.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as nnf
+
+from splitting import LinearOperator, State
+from splitting.errors import InvalidSettingError
+from splitting.operator import check_alpha
+
+from .base import MonotoneParametrisation
+from .tier_coupling import AliasMap, MultiTierResolvent, conv_spectrum
+
+
+def _circular(x: Tensor, p: int) -> Tensor:
+    return nnf.pad(x, (p, p, p, p), mode="circular") if p else x
+
+
+def _flip(kernel: Tensor) -> Tensor:
+    """Kernel of the adjoint of a centred circular cross-correlation: channels swapped, taps flipped."""
+    return kernel.transpose(0, 1).flip(-2, -1)
+
+
+def conv(x: Tensor, kernel: Tensor) -> Tensor:
+    """Circular 'same' cross-correlation with an odd ``(C_out, C_in, k, k)`` kernel."""
+    return nnf.conv2d(_circular(x, kernel.shape[-1] // 2), kernel)
+
+
+def down_conv(x: Tensor, kernel: Tensor) -> Tensor:
+    r""":math:`S x = D\,C x`: circular correlation on x's grid, then even rows and columns."""
+    return nnf.conv2d(_circular(x, kernel.shape[-1] // 2), kernel, stride=2)
+
+
+def up_conv(y: Tensor, kernel: Tensor, size: tuple[int, int]) -> Tensor:
+    r""":math:`S^\top y = C^\top D^\top y`: zeros between the samples of y, then the adjoint kernel."""
+    up = y.new_zeros(y.shape[0], y.shape[1], *size)
+    up[:, :, ::2, ::2] = y
+    return conv(up, _flip(kernel))
+
+
+class MultiConvOperator(LinearOperator):
+    r"""W = (1 − m)I − FᵀF + Gᵀ − G on multi-tier states (module docstring).
+
+    Args:
+        a_kernels, g_kernels: per tier, ``(c_i, c_i, k, k)`` kernels of :math:`A_i`, :math:`G_i`.
+        s_kernels: per tier but the last, the ``(c_{i+1}, c_i, k, k)`` kernel of :math:`C_i`.
+        m: monotonicity margin, > 0.
+        sizes: ``(H_i, W_i)`` of every tier; ``sizes[i + 1] == (H_i/2, W_i/2)``, H_i, W_i even.
+    """
+
+    def __init__(self, a_kernels: Sequence[Tensor], g_kernels: Sequence[Tensor],
+                 s_kernels: Sequence[Tensor], m: float, sizes: Sequence[tuple[int, int]]) -> None:
+        if not m > 0:
+            raise InvalidSettingError(f"monotonicity margin m must be > 0, got {m}")
+        tiers = len(a_kernels)
+        if tiers < 1 or len(g_kernels) != tiers or len(s_kernels) != tiers - 1 or len(sizes) != tiers:
+            raise InvalidSettingError(
+                f"need T kernels A, T kernels G, T − 1 stride-2 kernels and T sizes; got "
+                f"{len(a_kernels)}, {len(g_kernels)}, {len(s_kernels)}, {len(sizes)}")
+        sizes = [tuple(int(s) for s in size) for size in sizes]
+        for i in range(tiers - 1):
+            h, w = sizes[i]
+            if h % 2 or w % 2 or sizes[i + 1] != (h // 2, w // 2):
+                raise InvalidSettingError(
+                    f"tier {i} has grid {sizes[i]} and tier {i + 1} {sizes[i + 1]}: a stride-2 map "
+                    f"needs an even grid and the next tier at half its size (pad the input)")
+        for i in range(tiers):
+            c = a_kernels[i].shape[0]
+            if a_kernels[i].shape[:2] != (c, c) or g_kernels[i].shape[:2] != (c, c):
+                raise InvalidSettingError(f"tier {i}: A and G kernels must be (c, c, k, k), got "
+                                          f"{tuple(a_kernels[i].shape)} and {tuple(g_kernels[i].shape)}")
+            if i < tiers - 1 and s_kernels[i].shape[:2] != (a_kernels[i + 1].shape[0], c):
+                raise InvalidSettingError(f"stride-2 kernel {i} must be (c_{i + 1}, c_{i}, k, k), got "
+                                          f"{tuple(s_kernels[i].shape)}")
+        self.a_kernels = list(a_kernels)
+        self.g_kernels = list(g_kernels)
+        self.s_kernels = list(s_kernels)
+        self.m = float(m)
+        self.sizes = sizes
+        self.state_shape = tuple((a.shape[0], *size) for a, size in zip(self.a_kernels, sizes))
+        self._spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self._maps: list[AliasMap] | None = None
+        self._lipschitz: float | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a_kernels[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.a_kernels[0].device
+
+    @property
+    def tiers(self) -> int:
+        """Number of tiers T."""
+        return len(self.a_kernels)
+
+    def mv(self, z: State) -> State:
+        return self._apply(z, transpose=False)
+
+    def rmv(self, z: State) -> State:
+        return self._apply(z, transpose=True)
+
+    def _apply(self, z: State, *, transpose: bool) -> State:
+        # FᵀF is symmetric; only the skew part Gᵀ − G changes sign under transposition.
+        fz = [conv(z[i], self.a_kernels[i]) for i in range(self.tiers)]
+        for i in range(1, self.tiers):
+            fz[i] = fz[i] + down_conv(z[i - 1], self.s_kernels[i - 1])
+        out = []
+        for i in range(self.tiers):
+            ftf = conv(fz[i], _flip(self.a_kernels[i]))
+            if i + 1 < self.tiers:
+                ftf = ftf + up_conv(fz[i + 1], self.s_kernels[i], self.sizes[i])
+            skew = _flip(self.g_kernels[i]) - self.g_kernels[i]
+            out.append((1.0 - self.m) * z[i] - ftf + conv(z[i], -skew if transpose else skew))
+        return tuple(out)
+
+    def spectra(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        r"""Detached blocks :math:`\hat A_i`, :math:`\hat G_i` (per tier) and :math:`\hat C_i` (per
+        stride-2 map) on each tier's half spectrum, built once per operator."""
+        if self._spectra is None:
+            with torch.no_grad():
+                a = [conv_spectrum(k.detach(), s) for k, s in zip(self.a_kernels, self.sizes)]
+                g = [conv_spectrum(k.detach(), s) for k, s in zip(self.g_kernels, self.sizes)]
+                c = [conv_spectrum(k.detach(), s) for k, s in zip(self.s_kernels, self.sizes)]
+            self._spectra = (a, g, c)
+        return self._spectra
+
+    def alias_maps(self) -> list[AliasMap]:
+        """The :class:`~mondeq.tier_coupling.AliasMap` of every tier that feeds a stride-2 map."""
+        if self._maps is None:
+            self._maps = [AliasMap(s, self.device) for s in self.sizes[:-1]]
+        return self._maps
+
+    def resolvent(self, alpha: float) -> MultiTierResolvent:
+        a, g, c = self.spectra()
+        return MultiTierResolvent(a, g, c, self.alias_maps(), self.sizes, self.m, check_alpha(alpha))
+
+    def lipschitz(self) -> float:
+        r"""A provable upper bound on :math:`\|I - W\|_2`: the norm of the T × T matrix of block norms.
+
+        For any block matrix X, :math:`\|X\|_2 \le \|N\|_2` with :math:`N_{ij} = \|X_{ij}\|_2`
+        (Cauchy–Schwarz per block row). The tier blocks of I − W are exact per-frequency norms:
+        the diagonal block :math:`mI + A_i^\top A_i + S_i^\top S_i + G_i - G_i^\top` per group of
+        four aliased frequencies (``4c_i × 4c_i``), the off-diagonal :math:`A_{i+1}^\top S_i` per
+        coarse frequency. Exact for one tier; for several it exceeds :math:`\|I - W\|_2` by the
+        slack of that inequality (a few percent on trained models; the tests measure it).
+        Computed in float64.
+        """
+        if self._lipschitz is None:
+            self._lipschitz = _block_norm_bound(self)
+        return self._lipschitz
+
+
+@torch.no_grad()
+def _block_norm_bound(op: MultiConvOperator) -> float:
+    a, g, c = (list(t.to(torch.complex128) for t in part) for part in op.spectra())
+    tiers = op.tiers
+    norms = torch.zeros(tiers, tiers, dtype=torch.float64)
+    maps = op.alias_maps()
+    for i in range(tiers):
+        eye = torch.eye(a[i].shape[-1], dtype=a[i].dtype, device=a[i].device)
+        diag = op.m * eye + a[i].mH @ a[i] + g[i] - g[i].mH
+        if i == tiers - 1:
+            norms[i, i] = float(torch.linalg.matrix_norm(diag, ord=2).max())
+            continue
+        nc, ci, co = maps[i].coarse_frequencies, a[i].shape[-1], c[i].shape[1]
+        coupling = 0.5 * maps[i].fold(c[i]).permute(0, 2, 1, 3).reshape(nc, co, 4 * ci)  # L_i
+        group = torch.zeros(nc, 4 * ci, 4 * ci, dtype=diag.dtype, device=diag.device)
+        folded = maps[i].fold(diag)
+        for j in range(4):
+            group[:, j * ci:(j + 1) * ci, j * ci:(j + 1) * ci] = folded[:, j]
+        group = group + coupling.mH @ coupling
+        norms[i, i] = float(torch.linalg.matrix_norm(group, ord=2).max())
+        off = float(torch.linalg.matrix_norm(a[i + 1].mH @ coupling, ord=2).max())
+        norms[i + 1, i] = norms[i, i + 1] = off
+    # N is symmetric with non-negative entries: its norm is its largest eigenvalue
+    bound = float(torch.linalg.eigvalsh(norms).max())
+    return bound * (1.0 + 1e-9)
+
+
+class MonotoneMultiConv(MonotoneParametrisation):
+    r"""Parameters of a multi-tier convolutional monDEQ: U (tier 0), per-tier biases, A_i, G_i, C_i.
+
+    Args:
+        in_channels: input channels.
+        channels: channels of each tier, e.g. ``(16, 32, 32)``; tier i has grid
+            ``(H + 2·padding)/2^i``.
+        input_size: ``(height, width)`` of the input, or one int for square inputs.
+        kernel_size: odd kernel size of U, A_i, G_i and the stride-2 maps.
+        padding: zero padding added to the input; the padded size must be divisible by
+            ``2^(T−1)`` (28 and 32 work unpadded with three tiers).
+        m: monotonicity margin, > 0.
+
+    :meth:`input_norm` is the exact norm of the circular U on the padded grid (exact for
+    ``padding=0``, a sound upper bound otherwise: zero padding is an isometry).
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int], input_size: int | tuple[int, int], *,
+                 kernel_size: int = 3, padding: int = 0, m: float = 1.0,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__(m)
+        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
+            raise InvalidSettingError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        if int(padding) != padding or padding < 0:
+            raise InvalidSettingError(f"padding must be a non-negative integer, got {padding}")
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1:
+            raise InvalidSettingError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+        hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.input_shape = (in_channels, *hw)
+        self.padding = int(padding)
+        base = (hw[0] + 2 * self.padding, hw[1] + 2 * self.padding)
+        scale = 2 ** (len(channels) - 1)
+        if base[0] % scale or base[1] % scale:
+            raise InvalidSettingError(
+                f"padded input {base} is not divisible by 2^(tiers−1) = {scale}: every tier but the "
+                f"last must have an even grid; choose padding so that the padded size is")
+        self.sizes = [(base[0] // 2 ** i, base[1] // 2 ** i) for i in range(len(channels))]
+        if min(self.sizes[-1]) < kernel_size // 2:
+            raise InvalidSettingError(f"last tier grid {self.sizes[-1]} is too small for kernel size {kernel_size}")
+        kw = {"dtype": dtype, "device": device}
+        k = int(kernel_size)
+        self.U = nn.Conv2d(in_channels, channels[0], k, padding=k // 2, padding_mode="circular", **kw)
+        self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k, **kw)) for c in channels])
+        self.G = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k, **kw)) for c in channels])
+        self.S = nn.ParameterList([nn.Parameter(torch.empty(c1, c0, k, k, **kw))
+                                   for c0, c1 in zip(channels[:-1], channels[1:])])
+        self.tier_bias = nn.ParameterList([nn.Parameter(torch.zeros(c, **kw)) for c in channels[1:]])
+        for kernel in [*self.A, *self.G, *self.S]:
+            bound = 1.0 / math.sqrt(kernel.shape[1] * k * k)
+            nn.init.uniform_(kernel, -bound, bound)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels of every tier."""
+        return tuple(a.shape[0] for a in self.A)
+
+    def bias(self, x: Tensor) -> State:
+        if self.padding:
+            x = nnf.pad(x, (self.padding,) * 4)
+        first = self.U(x)
+        rest = tuple(b.view(1, -1, 1, 1).expand(x.shape[0], -1, *size).contiguous()
+                     for b, size in zip(self.tier_bias, self.sizes[1:]))
+        return (first, *rest)
+
+    def operator(self) -> MultiConvOperator:
+        return MultiConvOperator(list(self.A), list(self.G), list(self.S), self.m, self.sizes)
+
+    def input_norm(self) -> Tensor:
+        return torch.linalg.matrix_norm(conv_spectrum(self.U.weight, self.sizes[0]), ord=2).max()
+
+    def extra_repr(self) -> str:
+        tiers = ", ".join(f"({c}, {h}, {w})" for c, (h, w) in zip(self.channels, self.sizes))
+        return f"tiers=[{tiers}], padding={self.padding}, m={self.m:g}"

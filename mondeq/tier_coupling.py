@@ -1,0 +1,264 @@
+r"""Stride-2 coupling between tiers in the Fourier domain, and the exact multi-tier resolvent.
+
+**Aliasing.** Let :math:`D` keep the even rows and columns of an ``H × W`` image (H, W even).
+In the orthonormal 2-D DFT (``norm="ortho"``), a coarse frequency :math:`\omega'` of the
+``H/2 × W/2`` grid receives the four fine frequencies that alias onto it,
+
+.. math:: \widehat{Dx}(\omega') = \tfrac12 \sum_{s,t\in\{0,1\}} \hat x(\omega' + (sH/2, tW/2)),
+          \qquad \widehat{D^\top y}(\omega' + (sH/2, tW/2)) = \tfrac12\,\hat y(\omega'),
+
+so a stride-2 convolution :math:`S = DC` is, per coarse frequency, the ``c' × 4c`` block
+:math:`L(\omega') = \tfrac12[\hat C(\omega_1) \cdots \hat C(\omega_4)]`. With the rfft2 half
+spectrum (columns ``0 … W/2``), a fine frequency whose column lies past ``W/2`` is read as the
+complex conjugate of its mirror :math:`-\omega` (real signals and kernels have Hermitian
+spectra). :class:`AliasMap` stores, for every coarse half-spectrum frequency and every one of its
+four aliases, the half-spectrum index and whether to conjugate (:meth:`AliasMap.fold`), and for
+every fine half-spectrum frequency the coarse frequency it belongs to (:meth:`AliasMap.unfold`).
+
+**The resolvent.** With tiers :math:`i = 0 … T-1`, :math:`M = I + \alpha(I - W) = (1 + \alpha m)I
++ \alpha F^\top F + \alpha(G - G^\top)` is block tridiagonal over the tiers (F is block lower
+bidiagonal with :math:`F_{ii} = A_i`, :math:`F_{i+1,i} = S_i`; G is block diagonal):
+
+.. math:: M_{ii} = K_i + \alpha L_i^H L_i,\quad K_i = (1+\alpha m)I + \alpha(\hat A_i^H\hat A_i
+          + \hat G_i - \hat G_i^H),\quad M_{i+1,i} = \alpha \hat A_{i+1}^H L_i = M_{i,i+1}^H.
+
+:math:`K_i` is one ``c_i × c_i`` block per frequency; :math:`L_i^H L_i` couples the four aliases.
+Block elimination from the finest tier keeps this form. With :math:`K'_0 = K_0` and
+
+.. math:: P_i = L_i K_i'^{-1} L_i^H,\quad Z_i = (\alpha^{-1} I + P_i)^{-1},\quad
+          K'_{i+1} = K_{i+1} - \alpha \hat A_{i+1}^H P_i Z_i \hat A_{i+1}
+
+(Woodbury: :math:`L_i (K'_i + \alpha L_i^H L_i)^{-1} = \alpha^{-1} Z_i L_i K_i'^{-1}` and
+:math:`(K'_i + \alpha L_i^H L_i)^{-1} L_i^H = \alpha^{-1} K_i'^{-1} L_i^H Z_i`), the solve of
+:math:`Mx = r` is a forward sweep
+
+.. math:: b_i = K_i'^{-1} y_i,\quad w_i = L_i K_i'^{-1} y_i,\quad
+          y_{i+1} = r_{i+1} - \hat A_{i+1}^H Z_i w_i\qquad (y_0 = r_0)
+
+then :math:`x_{T-1} = K_{T-1}'^{-1} y_{T-1}` and a backward sweep
+:math:`x_i = b_i - K_i'^{-1} L_i^H (Z_i w_i + Z_i \hat A_{i+1} x_{i+1})`. Every factor is a
+``c × c`` (or ``c' × c``) block per frequency, inverted in batched calls: the factorisation costs
+one batched inverse of the :math:`K'_i` and :math:`Z_i` per tier, and one application costs about
+five block products on the finest tier. The transposed system :math:`M^\top` has the conjugate
+transposed blocks (G's skew part changes sign, :math:`F^\top F` does not), and its Schur factors
+are the conjugate transposes of these: :meth:`MultiTierResolvent.solve_t` reuses them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from splitting import Resolvent, State
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype matching a real floating dtype."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def tier_rfft(x: Tensor) -> Tensor:
+    """``(B, C, H, W)`` real → ``(H·(W//2+1), B, C)`` orthonormal half spectrum, contiguous."""
+    b, c = x.shape[:2]
+    return torch.fft.rfft2(x, norm="ortho").reshape(b, c, -1).permute(2, 0, 1).contiguous()
+
+
+def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`tier_rfft`: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real."""
+    h, w = size
+    nf, b, c = y.shape
+    return torch.fft.irfft2(y.permute(1, 2, 0).reshape(b, c, h, nf // h), s=(h, w), norm="ortho")
+
+
+def conv_spectrum(kernel: Tensor, size: tuple[int, int]) -> Tensor:
+    r"""Blocks :math:`\hat K(\omega)` of ``circular_conv2d(·, kernel)`` on an ``H × W`` grid.
+
+    :math:`\hat K(\omega) = \sum_{a,b} K_{:,:,a,b}\, e^{2\pi i(\omega_h (a-p)/H + \omega_w (b-p)/W)}`
+    (the correlation's taps sit at offsets ``a − p``). Returns ``(H·(W//2+1), C_out, C_in)``,
+    complex, half spectrum in row-major ``(ω_h, ω_w)`` order; differentiable in ``kernel``.
+    """
+    h, w = size
+    cdtype = complex_dtype(kernel.dtype)
+    ph = _phases(kernel, h, h)
+    pw = _phases(kernel, w, w // 2 + 1)
+    blocks = torch.einsum("ha,wb,ocab->hwoc", ph, pw, kernel.to(cdtype))
+    return blocks.reshape(-1, *kernel.shape[:2])
+
+
+def _phases(kernel: Tensor, n: int, frequencies: int) -> Tensor:
+    k = kernel.shape[-1]
+    # integer numerators mod n keep the angle exact before the division
+    numer = (torch.arange(frequencies).view(-1, 1) * (torch.arange(k) - k // 2).view(1, -1)) % n
+    angle = numer.to(torch.float64) * (2.0 * torch.pi / n)
+    return torch.polar(torch.ones_like(angle), angle).to(complex_dtype(kernel.dtype)).to(kernel.device)
+
+
+class AliasMap:
+    r"""Index maps between the half spectra of an ``H × W`` tier and its ``H/2 × W/2`` successor.
+
+    Attributes:
+        fold_index, fold_conj: ``(Hc·(Wc//2+1), 4)``: for coarse frequency :math:`\omega'` and
+            alias ``j = 2s + t``, the fine half-spectrum index holding
+            :math:`\hat x(\omega' + (sH/2, tW/2))`, conjugated where ``fold_conj`` is set.
+        unfold_index, unfold_conj: ``(H·(W//2+1),)``: the coarse half-spectrum frequency each fine
+            frequency aliases onto (through its mirror, conjugated, where ``unfold_conj``).
+    """
+
+    def __init__(self, size: tuple[int, int], device: torch.device | None = None) -> None:
+        h, w = size
+        if h % 2 or w % 2:
+            raise ValueError(f"a stride-2 map needs an even grid, got {size}")
+        hc, wc = h // 2, w // 2
+        wh, wch = w // 2 + 1, wc // 2 + 1
+        kc = torch.arange(hc).view(-1, 1).expand(hc, wch)
+        lc = torch.arange(wch).view(1, -1).expand(hc, wch)
+        index, conj = [], []
+        for s in (0, 1):
+            for t in (0, 1):
+                kf, lf = kc + s * hc, lc + t * wc
+                mirror = lf > w // 2
+                index.append(torch.where(mirror, ((-kf) % h) * wh + (w - lf), kf * wh + lf).reshape(-1))
+                conj.append(mirror.reshape(-1))
+        self.fold_index = torch.stack(index, 1).to(device)
+        self.fold_conj = torch.stack(conj, 1).to(device)
+        k = torch.arange(h).view(-1, 1).expand(h, wh)
+        lf = torch.arange(wh).view(1, -1).expand(h, wh)
+        mirror = (lf % wc) > wc // 2
+        direct = (k % hc) * wch + lf % wc
+        flipped = ((-k) % hc) * wch + (-lf) % wc
+        self.unfold_index = torch.where(mirror, flipped, direct).reshape(-1).to(device)
+        self.unfold_conj = mirror.reshape(-1).to(device)
+        self.coarse_frequencies = hc * wch
+
+    def fold(self, x: Tensor) -> Tensor:
+        """Fine half-spectrum tensor ``(nf, ...)`` → its four aliases ``(nf_coarse, 4, ...)``."""
+        out = _conj_where(x.index_select(0, self.fold_index.reshape(-1)), self.fold_conj.reshape(-1))
+        return out.reshape(self.coarse_frequencies, 4, *x.shape[1:])
+
+    def fold_sum(self, x: Tensor) -> Tensor:
+        r""":math:`\sum_j x(\omega_j)` over the four aliases of every coarse frequency."""
+        return self.fold(x).sum(1)
+
+    def unfold(self, y: Tensor) -> Tensor:
+        r"""Coarse ``(nf_coarse, ...)`` → fine ``(nf, ...)``: every alias gets :math:`y(\omega')`."""
+        return _conj_where(y.index_select(0, self.unfold_index), self.unfold_conj)
+
+
+def _conj_where(x: Tensor, mask: Tensor) -> Tensor:
+    """Conjugate the rows of a freshly gathered complex tensor where ``mask`` is set (in place)."""
+    if bool(mask.any()):
+        imag = torch.view_as_real(x)[..., 1]
+        sign = 1.0 - 2.0 * mask.to(imag.dtype)
+        imag.mul_(sign.view(-1, *(1,) * (imag.ndim - 1)))
+    return x
+
+
+class MultiTierResolvent(Resolvent):
+    r"""Exact :math:`(I + \alpha(I - W))^{-1}` of a multi-tier convolutional W (module docstring).
+
+    Args:
+        a_hat, g_hat: per tier, the spectra of A_i and G_i on that tier's grid, ``(nf_i, c_i, c_i)``.
+        c_hat: per non-last tier, the spectrum of the stride-2 map's convolution C_i (on tier
+            i's grid), ``(nf_i, c_{i+1}, c_i)``.
+        maps: per non-last tier, its :class:`AliasMap`.
+        sizes: grid size of every tier.
+        m, alpha: margin and step.
+
+    All inputs are detached. Factors are stored in row layout (samples are rows of the spectrum,
+    so a block X is applied as ``v @ Xᵀ``); :meth:`solve_t` uses their conjugates.
+    """
+
+    def __init__(self, a_hat: list[Tensor], g_hat: list[Tensor], c_hat: list[Tensor],
+                 maps: list[AliasMap], sizes: list[tuple[int, int]], m: float, alpha: float) -> None:
+        super().__init__(alpha)
+        self.maps = maps
+        self.sizes = sizes
+        tiers = len(a_hat)
+        correction = None
+        self._fwd: list[dict[str, Tensor]] = []
+        for i in range(tiers):
+            a, g = a_hat[i], g_hat[i]
+            eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            k = (1.0 + alpha * m) * eye + alpha * (a.mH @ a + g - g.mH)
+            if correction is not None:
+                k = k - correction
+            k_inv = torch.linalg.inv(k)
+            if i == tiers - 1:
+                self._fwd.append({"b": k_inv.mT.contiguous()})
+                break
+            half_c = 0.5 * c_hat[i]
+            e = half_c @ k_inv                     # L K'⁻¹, per fine frequency
+            f = k_inv @ half_c.mH                  # K'⁻¹ Lᴴ
+            p = maps[i].fold_sum(e @ half_c.mH)    # P = L K'⁻¹ Lᴴ, per coarse frequency
+            eye_c = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+            z = torch.linalg.inv(eye_c / alpha + p)
+            a_next = a_hat[i + 1]
+            gz = a_next.mH @ z                     # Âᴴ Z
+            hz = z @ a_next                        # Z Â
+            correction = alpha * (a_next.mH @ p @ hz)
+            self._fwd.append({
+                "be": torch.cat([k_inv, e], dim=1).mT.contiguous(),     # y ↦ [K'⁻¹y, L K'⁻¹y]
+                "f": f.mT.contiguous(),
+                "gz": torch.cat([gz, z], dim=1).mT.contiguous(),        # w ↦ [ÂᴴZw, Zw]
+                "hz": hz.mT.contiguous(),
+            })
+        self._adj: list[dict[str, Tensor]] | None = None
+
+    def _adjoint_factors(self) -> list[dict[str, Tensor]]:
+        # Mᵀ's factors are the conjugate transposes: B → Bᴴ, (E, F) → (Fᴴ, Eᴴ), (ÂᴴZ, ZÂ) →
+        # ((ZÂ)ᴴ, (ÂᴴZ)ᴴ), Z → Zᴴ. In row layout Xᴴ is applied as v @ conj(X).
+        if self._adj is None:
+            adj = []
+            for i, fwd in enumerate(self._fwd):
+                if "b" in fwd:
+                    adj.append({"b": _conj(fwd["b"].mT)})
+                    continue
+                c = fwd["f"].shape[-1]
+                b_t, e_t = fwd["be"][..., :c], fwd["be"][..., c:]
+                b, e = b_t.mT, e_t.mT
+                f = fwd["f"].mT
+                gz_t, z_t = fwd["gz"][..., :c_next(fwd)], fwd["gz"][..., c_next(fwd):]
+                adj.append({
+                    "be": _conj(torch.cat([b, f], dim=-1)),
+                    "f": _conj(e),
+                    "gz": _conj(torch.cat([fwd["hz"].mT, z_t.mT], dim=-1)),
+                    "hz": _conj(gz_t.mT),
+                })
+            self._adj = adj
+        return self._adj
+
+    def solve(self, r: State) -> State:
+        return self._sweep(r, self._fwd)
+
+    def solve_t(self, r: State) -> State:
+        return self._sweep(r, self._adjoint_factors())
+
+    def _sweep(self, r: State, factors: list[dict[str, Tensor]]) -> State:
+        tiers = len(factors)
+        y = tier_rfft(r[0].detach())
+        kept: list[tuple[Tensor, Tensor]] = []
+        for i in range(tiers - 1):
+            fac = factors[i]
+            c = y.shape[-1]
+            be = torch.matmul(y, fac["be"])
+            w = self.maps[i].fold_sum(be[..., c:])
+            sz = torch.matmul(w, fac["gz"])
+            c_next_ = w.shape[-1]
+            kept.append((be[..., :c], sz[..., c_next_:]))
+            y = tier_rfft(r[i + 1].detach()) - sz[..., :c_next_]
+        x = torch.matmul(y, factors[-1]["b"])
+        out = [tier_irfft(x, self.sizes[-1])]
+        for i in range(tiers - 2, -1, -1):
+            b, zw = kept[i]
+            q = zw + torch.matmul(x, factors[i]["hz"])
+            x = b - torch.matmul(self.maps[i].unfold(q), factors[i]["f"])
+            out.append(tier_irfft(x, self.sizes[i]))
+        return tuple(reversed(out))
+
+
+def c_next(fwd: dict[str, Tensor]) -> int:
+    """Channels of the next tier, read off a stored factor."""
+    return fwd["hz"].shape[-1]
+
+
+def _conj(x: Tensor) -> Tensor:
+    return x.conj().resolve_conj().contiguous()
