@@ -45,7 +45,12 @@ class ConvResolvent(Resolvent):
     def __init__(self, system_blocks: Tensor, alpha: float) -> None:
         super().__init__(alpha)
         # Rows of the spectrum are samples, so x̂ ↦ x̂ Rᵀ applies R; inv(Aᵀ) = (A⁻¹)ᵀ directly.
-        self._inv_t = torch.linalg.inv(system_blocks.transpose(-2, -1).contiguous())
+        # inv_ex without its error check: linalg.inv would read the LAPACK status back to the
+        # host (a device sync per factorisation). No block can be singular: each is
+        # I + α(I − Ŵ(ω)), whose Hermitian part is (1 + α m) I + α F̂ᴴF̂ ⪰ (1 + α m) I (the skew
+        # part Ĝ − Ĝᴴ drops out), so every eigenvalue has real part ≥ 1 + α m > 0. A non-finite
+        # kernel would give non-finite blocks, which the solvers report as not converged.
+        self._inv_t, self.info = torch.linalg.inv_ex(system_blocks.transpose(-2, -1).contiguous())
         self._conj: Tensor | None = None
 
     def solve(self, r: State) -> State:
