@@ -1,22 +1,41 @@
-"""Train a monDEQ classifier on MNIST and report accuracy, solver iterations, Lipschitz bound and
-certified ℓ2 accuracy.
+"""Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver iterations,
+Lipschitz bound and certified ℓ2 accuracy.
 
-The default run trains the paper's fully connected monDEQ (87 hidden units, m = 1, ReLU,
-Peaceman-Rachford with α = 1, tol 1e-2) and writes, under ``--out``:
+The default run trains the paper's fully connected monDEQ on MNIST (87 hidden units, m = 1, ReLU,
+Peaceman-Rachford with α = 1, tol 1e-2) and writes, under ``--out`` (default
+``runs/{dataset}_{model}``):
 
 * ``results.json``: configuration, per-epoch history and the final report;
 * ``curves.png``: training loss, test accuracy and solver iterations per epoch;
-* ``checkpoint.pt``: saved after every epoch; ``--resume`` continues from it.
+* ``checkpoint.pt``: saved after every epoch (and every ``--checkpoint-every`` steps).
+
+**Exact resume.** ``--resume`` continues from ``OUT/checkpoint.pt`` with the run's saved
+configuration; the data order is a pure function of (seed, epoch) and the checkpoint holds the
+weights, optimizer, schedule, α, the α tuner and every RNG, so a run killed at any moment and
+resumed ends with the same weights, bit for bit on CPU, as the uninterrupted run. Options given
+on the command line that contradict the saved configuration are refused. ``--epochs`` may
+change only when the schedule does not depend on the run's length (``constant``, or ``step``
+with explicit ``--milestones``, and no certified-training ramp): a cosine or one-cycle schedule
+planned for 4 epochs has already decayed, so "4 more epochs" would be a different run.
+
+**Devices.** ``--device`` (default cuda when available) holds the model, the optimizer and the
+data (the whole dataset when it fits, else pinned batches copied without blocking); ``--amp``
+runs the training step under bfloat16 autocast (the equilibrium solve stays in float32).
+
+**Several processes.** Under ``torchrun --nproc_per_node N`` each process trains on its share of
+every global batch (``--batch-size`` is the global batch) with DistributedDataParallel (gloo on
+CPU, nccl on CUDA); metrics are summed over processes and only rank 0 prints and writes files.
 
 Certified training: ``--certified-eps 1.58`` trains for that ℓ2 radius in pixel scale with the
-Lipschitz-margin loss (``mondeq.losses.LipschitzMarginLoss``), trading clean accuracy for
-certified accuracy. Certificates in the report are sound: they subtract the solver's error.
+Lipschitz-margin loss (``mondeq.losses.LipschitzMarginLoss``). Certificates are sound: they
+subtract the solver's error, and pixel-scale radii use the smallest channel std.
 
 Example::
 
     python experiments/train.py --epochs 3
-    python experiments/train.py --epochs 6 --resume   # three more epochs
-    python experiments/train.py --certified-eps 1.58 --out runs/mnist_fc_cert
+    python experiments/train.py --resume                  # after a crash: same run, same result
+    python experiments/train.py --dataset cifar10 --model conv --augment --data-root /datasets
+    torchrun --nproc_per_node 2 experiments/train.py --device cpu
 """
 from __future__ import annotations
 
@@ -26,14 +45,15 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from mondeq import certified_accuracy, fc_mondeq, single_conv_mondeq
-from mondeq.data import MNIST_STD, batches, load_mnist, normalize, num_batches
-from mondeq.losses import LipschitzMarginLoss
-from mondeq.training import evaluate, load_checkpoint, save_checkpoint, train_epoch
+from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
+from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
+from mondeq.distributed import (DistInfo, broadcast_object, epoch_order, rank_batches, setup, shard,
+                                teardown, unwrap, wrap_model)
+from mondeq.schedules import SCHEDULES, make_schedule
+from mondeq.training import DeviceData, evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train_epoch
 from mondeq.tuning import AlphaTuner
 from splitting import SOLVERS
 
@@ -42,34 +62,55 @@ TIGHT_TOL = 1e-6
 """Tolerance of the final re-solve that certifies with almost no slack."""
 CERTIFIED_EPOCHS = 30
 """Default epochs with --certified-eps: Lipschitz-margin training converges slowly."""
+DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
+                    "multitier": {"mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)}}
+"""The paper's widths (Table 1) when --channels is not given."""
+MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "checkpoint_every", "amp"}
+"""Options that --resume accepts with a value other than the saved run's."""
+
+try:
+    from mondeq.multitier_model import multitier_conv_mondeq
+except ImportError:  # the multi-tier model is optional for this program
+    multitier_conv_mondeq = None
+MODELS = ("fc", "conv") + (("multitier",) if multitier_conv_mondeq is not None else ())
 
 
-def build_fc(args: argparse.Namespace) -> torch.nn.Module:
-    return fc_mondeq(784, args.hidden, 10, m=args.m, solver=args.solver, alpha=args.alpha,
-                     tol=args.tol, max_iter=args.max_iter)
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The classifier named by ``--model`` for ``--dataset``, on the CPU (moved by the caller)."""
+    spec = DATASETS[args.dataset]
+    settings = dict(m=args.m, solver=args.solver, alpha=args.alpha, tol=args.tol, max_iter=args.max_iter)
+    if args.model == "fc":
+        return fc_mondeq(spec.in_channels * spec.image_size ** 2, args.hidden, spec.num_classes, **settings)
+    channels = tuple(args.channels or DEFAULT_CHANNELS[args.model][args.dataset])
+    if args.model == "conv":
+        if len(channels) != 1:
+            raise SystemExit(f"--model conv takes one --channels value, got {list(channels)}")
+        return single_conv_mondeq(spec.in_channels, spec.image_size, channels[0], spec.num_classes, **settings)
+    return multitier_conv_mondeq(spec.in_channels, spec.image_size, channels, spec.num_classes, **settings)
 
 
-def build_conv(args: argparse.Namespace) -> torch.nn.Module:
-    """The paper's single-convolution monDEQ: 54 channels, 3 × 3, MNIST padded to a 30 × 30 state."""
-    return single_conv_mondeq(1, 28, 54, 10, m=args.m, solver=args.solver, alpha=args.alpha,
-                              tol=args.tol, max_iter=args.max_iter)
-
-
-MODELS: dict[str, Callable[[argparse.Namespace], torch.nn.Module]] = {"fc": build_fc, "conv": build_conv}
-"""Model factories by ``--model`` name; each takes the parsed arguments."""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=sorted(MODELS), default="fc", help="architecture")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding mnist/, cifar10/, svhn/ (default: $MONDEQ_DATA, the checkout's "
+                        "data/, then ~/.cache/mondeq)")
+    p.add_argument("--model", choices=MODELS, default="fc", help="architecture")
+    p.add_argument("--hidden", type=int, default=87, help="hidden units (fc)")
+    p.add_argument("--channels", type=int, nargs="+", default=None,
+                   help="conv: one width; multitier: one per tier (default: the paper's for the dataset)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"total training epochs (default: 4, or {CERTIFIED_EPOCHS} with --certified-eps)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (summed over processes)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (peak)")
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                   help="learning-rate schedule over all epochs")
-    p.add_argument("--hidden", type=int, default=87, help="hidden units (fc)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule")
+    p.add_argument("--milestones", type=int, nargs="+", default=None,
+                   help="epochs at which --schedule step multiplies the lr by --gamma (default: "
+                        "every quarter of the run)")
+    p.add_argument("--gamma", type=float, default=0.1, help="step-decay factor")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (4 pixels of zero padding) and, on cifar10, horizontal flips")
     p.add_argument("--m", type=float, default=1.0, help="monotonicity margin m > 0")
     p.add_argument("--solver", choices=sorted(SOLVERS), default="pr", help="splitting method")
     p.add_argument("--alpha", type=float, default=1.0, help="splitting step size")
@@ -82,8 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ℓ2 radii (pixel scale [0, 1]) for certified accuracy")
     p.add_argument("--certify-tol", type=float, default=None,
                    help="re-solve at this tolerance before certifying each epoch (default: --tol, or "
-                        f"{TIGHT_TOL:g} with --certified-eps; certificates are sound either way, a "
-                        "tighter solve only shrinks the slack)")
+                        f"{TIGHT_TOL:g} with --certified-eps)")
     g = p.add_argument_group("certified training")
     g.add_argument("--certified-eps", type=float, default=0.0,
                    help="train for this certified ℓ2 radius (pixel scale) with the Lipschitz-margin "
@@ -93,30 +133,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--certified-ramp", type=float, default=0.3,
                    help="fraction of training over which ε rises linearly to --certified-eps")
     g.add_argument("--power-iterations", type=int, default=0,
-                   help="estimate ‖U‖₂ in the loss by this many warm-started power steps per batch "
-                        "instead of the exact norm (cheaper for wide layers; certificates always "
-                        "use the exact norm)")
+                   help="estimate ‖U‖₂ in the loss by this many warm-started power steps per batch")
     g.add_argument("--lipschitz-penalty", type=float, default=0.0,
                    help="weight λ of λ·max(0, ‖U‖₂/m − target)² added to the loss")
     g.add_argument("--lipschitz-target", type=float, default=0.0,
                    help="‖U‖₂/m (normalised input scale) above which the penalty acts")
-    p.add_argument("--out", type=Path, default=Path("runs/mnist_fc"), help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--data", type=Path, default=None, help="MNIST folder (default: the repo's data/mnist)")
+    r = p.add_argument_group("devices and runs")
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
+    r.add_argument("--amp", action="store_true", help="training step under bfloat16 autocast")
+    r.add_argument("--out", type=Path, default=None, help="output folder (default: runs/{dataset}_{model})")
+    r.add_argument("--resume", action="store_true",
+                   help="continue OUT/checkpoint.pt with its saved configuration")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="also checkpoint every N training steps (0: after each epoch only)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    r.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    return p
+
+
+POSITIVE_INTS = ("hidden", "epochs", "batch_size", "max_iter", "train_limit", "test_limit")
+NON_NEGATIVE_INTS = ("tune_alpha_every", "power_iterations", "checkpoint_every")
+POSITIVE_FLOATS = ("lr", "m", "alpha", "tol", "certify_tol")
+
+
+def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values that would fail later, silently misbehave, or are not finite."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            p.error(f"--{name.replace('_', '-')} must be finite, got {value}")
+    for name in POSITIVE_INTS:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    for name in NON_NEGATIVE_INTS:
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(args, name)}")
+    for name in POSITIVE_FLOATS:
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.channels is not None and min(args.channels) < 1:
+        p.error(f"--channels must be ≥ 1, got {args.channels}")
+    if args.model == "conv" and args.channels is not None and len(args.channels) != 1:
+        p.error(f"--model conv takes one --channels value, got {args.channels}")
+    if args.milestones is not None and (min(args.milestones) < 1 or args.milestones != sorted(args.milestones)):
+        p.error(f"--milestones must be increasing epochs ≥ 1, got {args.milestones}")
+    if not 0 < args.gamma <= 1:
+        p.error(f"--gamma must be in (0, 1], got {args.gamma}")
+    if min(args.epsilons) < 0 or args.certified_eps < 0:
+        p.error("--epsilons and --certified-eps must be ≥ 0")
+    if not 0 <= args.certified_warmup <= 1 or not 0 <= args.certified_ramp <= 1:
+        p.error("--certified-warmup and --certified-ramp must be in [0, 1]")
+    if args.lipschitz_penalty < 0:
+        p.error("--lipschitz-penalty must be ≥ 0")
+
+
+def explicit_options(argv: list[str] | None) -> set[str]:
+    """The option names (``dest``) given on the command line, whatever their value."""
+    p = build_parser()
+    for action in p._actions:  # no public API; argparse has documented this attribute for years
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
+    validate(p, args)
+    args.explicit = explicit_options(argv)
+    if args.out is None:
+        args.out = Path(f"runs/{args.dataset}_{args.model}")
+    return finish_defaults(args)
+
+
+def finish_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.epochs is None:
         args.epochs = CERTIFIED_EPOCHS if args.certified_eps > 0 else 4
-    if args.epochs < 1 or args.batch_size < 1:
-        p.error("--epochs and --batch-size must be positive")
-    if args.tune_alpha_every < 0:
-        p.error("--tune-alpha-every must be >= 0")
-    if args.certified_eps < 0 or not 0 <= args.certified_warmup <= 1 or not 0 <= args.certified_ramp <= 1:
-        p.error("--certified-eps must be >= 0 and --certified-warmup, --certified-ramp in [0, 1]")
-    if args.power_iterations < 0 or args.lipschitz_penalty < 0:
-        p.error("--power-iterations and --lipschitz-penalty must be >= 0")
     if args.certified_eps > 0 and args.certified_eps not in args.epsilons:
         args.epsilons = sorted([*args.epsilons, args.certified_eps])
     if args.certified_eps > 0 and args.certify_tol is None:
@@ -126,12 +218,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_data(args: argparse.Namespace):
-    x_train, y_train = load_mnist(args.data, train=True)
-    x_test, y_test = load_mnist(args.data, train=False)
+def plain(value):
+    """A configuration value as stored in the checkpoint and results.json."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def length_dependent(config: dict) -> str | None:
+    """Why this run's schedule depends on its total length (None when it does not)."""
+    if config["schedule"] in ("cosine", "onecycle"):
+        return f"its {config['schedule']} schedule is planned over all epochs"
+    if config["schedule"] == "step" and not config.get("milestones"):
+        return "its step schedule decays at quarters of the run (give --milestones to fix them)"
+    if config.get("certified_eps", 0) > 0 and (config.get("certified_ramp", 0) or config.get("certified_warmup", 0)):
+        return "its certified-training ε ramp is a fraction of the run"
+    return None
+
+
+def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> argparse.Namespace:
+    """The saved run's settings, with the few options that may change (``MAY_CHANGE_ON_RESUME``)
+    taken from the command line; any other explicit option that differs is refused."""
+    conflicts = [f"--{k.replace('_', '-')} {plain(getattr(args, k))} (the run has {saved[k]})"
+                 for k in sorted(args.explicit - MAY_CHANGE_ON_RESUME)
+                 if k in saved and plain(getattr(args, k)) != saved[k]]
+    if conflicts:
+        raise SystemExit(f"error: --resume continues the run saved in {checkpoint}, which was "
+                         f"configured differently: {'; '.join(conflicts)}. Drop these options, or "
+                         "start a new run with another --out.")
+    merged = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}})
+    for k in MAY_CHANGE_ON_RESUME & args.explicit:
+        setattr(merged, k, getattr(args, k))
+    merged.out, merged.resume, merged.explicit = args.out, True, args.explicit
+    merged.data_root = args.data_root if "data_root" in args.explicit else (Path(saved["data_root"]) if saved.get("data_root") else None)
+    if merged.epochs != saved["epochs"] and length_dependent(saved):
+        raise SystemExit(f"error: --epochs {merged.epochs} would change the length of the run saved in "
+                         f"{checkpoint} ({saved['epochs']} epochs), but {length_dependent(saved)}: the "
+                         "resumed run would differ from any uninterrupted one. Resume without "
+                         "--epochs, or start a new run (--schedule constant, or step with "
+                         "--milestones, can be extended).")
+    return merged
+
+
+def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
+    """Training and this rank's test shard, placed on the device; the train set stays in pixel
+    scale with --augment (crops pad with black, as torchvision's do, then normalise per batch)."""
+    x_train, y_train = load_dataset(args.dataset, args.data_root, train=True)
+    x_test, y_test = load_dataset(args.dataset, args.data_root, train=False)
     x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
-    return normalize(x_train), y_train, normalize(x_test), y_test
+    if not args.augment:
+        x_train = normalize_dataset(x_train, args.dataset)
+    mine = shard(len(x_test), info)
+    return (DeviceData(x_train, y_train, device),
+            DeviceData(normalize_dataset(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -159,97 +297,163 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+class Run:
+    """The mutable state of one training run, and the one place that checkpoints it."""
+
+    def __init__(self, args: argparse.Namespace, info: DistInfo, device: torch.device) -> None:
+        self.args, self.info, self.device = args, info, device
+        spec = DATASETS[args.dataset]
+        torch.manual_seed(args.seed)
+        self.model = build_model(args).to(device)
+        self.train_data, self.test_data, self.test_size = load_data(args, info, device)
+        self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
+        total = self.steps * args.epochs
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        milestones = [e * self.steps for e in args.milestones] if args.milestones else None
+        self.scheduler = make_schedule(args.schedule, self.optimizer, total_steps=total, lr=args.lr,
+                                       milestones=milestones, gamma=args.gamma)
+        self.pixel_scale = min(spec.std)  # sound: a pixel δ is at most δ/min std in every channel
+        self.loss_fn = None
+        if args.certified_eps > 0:  # radii in pixel scale → the model's normalised scale
+            self.loss_fn = LipschitzMarginLoss(self.model, args.certified_eps / self.pixel_scale,
+                                               warmup_steps=round(args.certified_warmup * total),
+                                               ramp_steps=round(args.certified_ramp * total),
+                                               lipschitz_penalty=args.lipschitz_penalty,
+                                               lipschitz_target=args.lipschitz_target,
+                                               power_iterations=args.power_iterations)
+        self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
+        self.history: list[dict] = []
+        self.first_epoch = 1
+        self.checkpoint = args.out / "checkpoint.pt"
+        self.config = {k: plain(v) for k, v in vars(args).items() if k not in ("explicit", "resume")}
+        self.config["world_size"] = info.world_size
+
+    def save(self, epoch: int) -> None:
+        if not self.info.is_main:
+            return
+        extra = {"tuner": self.tuner.state_dict() if self.tuner is not None else None,
+                 "loss_step": self.loss_fn.step if self.loss_fn is not None else None,
+                 "norm_estimate": (self.loss_fn.norm_estimate.v if self.loss_fn is not None
+                                   and self.loss_fn.norm_estimate is not None else None)}
+        save_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        epoch=epoch, history=self.history, config=self.config, extra=extra)
+
+    def restore(self, state: dict) -> None:
+        """Every rank loads the same checkpoint state (read by rank 0 and broadcast)."""
+        load_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer,
+                        scheduler=self.scheduler, state=state)
+        self.history, self.first_epoch = state["history"], state["epoch"] + 1
+        extra = state.get("extra", {})
+        if self.tuner is not None and extra.get("tuner") is not None:
+            self.tuner.load_state_dict(extra["tuner"])
+        if self.loss_fn is not None:
+            self.loss_fn.step = extra.get("loss_step") or 0
+            if self.loss_fn.norm_estimate is not None and extra.get("norm_estimate") is not None:
+                self.loss_fn.norm_estimate.v = extra["norm_estimate"].to(self.device)
+
+    def epoch_batches(self, epoch: int):
+        """This rank's batches of ``epoch``: order and crops are pure functions of (seed, epoch)."""
+        args = self.args
+        steps = rank_batches(epoch_order(len(self.train_data), seed=args.seed, epoch=epoch),
+                             args.batch_size, self.info)
+        if not args.augment:
+            yield from self.train_data.batches(steps)
+            return
+        augment = Augmentation(DATASETS[args.dataset], padding=4, device=self.device,
+                               seed=(args.seed * 1_000_003 + epoch) * 1009 + self.info.rank)
+        for x, y in self.train_data.batches(steps):
+            yield normalize_dataset(augment(x), args.dataset), y
+
+    def test_batches(self):
+        n = len(self.test_data)
+        return self.test_data.batches([torch.arange(s, min(s + 1000, n)) for s in range(0, n, 1000)])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    x_train, y_train, x_test, y_test = load_data(args)
-    model = MODELS[args.model](args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = num_batches(len(x_train), args.batch_size)
-    total = steps * args.epochs
-    schedule = (lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total))) if args.schedule == "cosine" else (lambda k: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    loss_fn = None
-    if args.certified_eps > 0:  # radii in pixel scale → the model's normalised scale
-        loss_fn = LipschitzMarginLoss(model, args.certified_eps / MNIST_STD,
-                                      warmup_steps=round(args.certified_warmup * total),
-                                      ramp_steps=round(args.certified_ramp * total),
-                                      lipschitz_penalty=args.lipschitz_penalty,
-                                      lipschitz_target=args.lipschitz_target,
-                                      power_iterations=args.power_iterations)
-    history: list[dict] = []
-    first_epoch = 1
-    checkpoint = args.out / "checkpoint.pt"
+    info, device = setup(args.device)
+    try:
+        return run(args, info, device)
+    finally:
+        teardown()
+
+
+def run(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
+    say = print if info.is_main else (lambda *a, **k: None)
+    state = None
     if args.resume:
-        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        history, first_epoch = state["history"], state["epoch"] + 1
-        print(f"resumed from {checkpoint} after epoch {state['epoch']}")
-    if loss_fn is not None:
-        loss_fn.step = (first_epoch - 1) * steps
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model} monDEQ, {n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
-          f"tol={args.tol:g}; {len(x_train)} train / {len(x_test)} test images")
-    generator = torch.Generator().manual_seed(args.seed)
-    tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
+        checkpoint = args.out / "checkpoint.pt"
+        state = broadcast_object(read_checkpoint(checkpoint) if info.is_main else None)
+        args = resume_config(args, state["config"], checkpoint)
+    run = Run(args, info, device)
+    if state is not None:
+        run.restore(state)
+        say(f"resumed from {run.checkpoint} after epoch {state['epoch']}")
+    if info.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if run.loss_fn is not None and state is None:
+        run.loss_fn.step = 0
+    if run.first_epoch > args.epochs:
+        say(f"nothing to do: checkpoint already at epoch {run.first_epoch - 1} of {args.epochs}")
+        return {}
+    model = wrap_model(run.model, info, device)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    say(f"{args.dataset} {args.model} monDEQ, {n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
+        f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()
-    for epoch in range(first_epoch, args.epochs + 1):
-        stats = train_epoch(model, optimizer, batches(x_train, y_train, args.batch_size, shuffle=True,
-                                                      generator=generator),
-                            steps=steps, scheduler=scheduler, desc=f"epoch {epoch}/{args.epochs}",
-                            loss_fn=loss_fn, on_batch=tuner)
-        ev = evaluate(model, batches(x_test, y_test, 1000, shuffle=False), input_scale=MNIST_STD,
-                      certify_tol=args.certify_tol)
-        certified = certified_accuracy(ev.radii, args.epsilons)
-        history.append({
+    for epoch in range(run.first_epoch, args.epochs + 1):
+        stats = train_epoch(model, run.optimizer, run.epoch_batches(epoch), steps=run.steps,
+                            scheduler=run.scheduler, desc=f"epoch {epoch}/{args.epochs}",
+                            loss_fn=run.loss_fn, on_batch=run.tuner, amp=args.amp, progress=info.is_main)
+        ev = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale,
+                      certify_tol=args.certify_tol, epsilons=args.epsilons)
+        run.history.append({
             "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
             "test_accuracy": ev.accuracy, "forward_iterations": stats.forward_iterations,
             "backward_iterations": stats.backward_iterations, "test_forward_iterations": ev.forward_iterations,
             "step_time_ms": 1000 * stats.step_time, "lipschitz": ev.lipschitz,
-            "certified": {str(k): v for k, v in certified.items()},
-            "certificate_slack": float(ev.slack.mean()) if len(ev.slack) else 0.0,
-            "train_eps": loss_fn.current_eps() * MNIST_STD if loss_fn is not None else 0.0,
-            "alpha": model.layer.alpha,
+            "certified": {str(k): v for k, v in ev.certified.items()}, "certificate_slack": ev.mean_slack,
+            "train_eps": run.loss_fn.current_eps() * run.pixel_scale if run.loss_fn is not None else 0.0,
+            "alpha": run.model.layer.alpha,
         })
-        print(f"epoch {epoch}: loss {stats.loss:.4f}  test acc {100 * ev.accuracy:.2f}%  "
-              f"iterations fwd {stats.forward_iterations:.1f} bwd {stats.backward_iterations:.1f}  "
-              f"step {1000 * stats.step_time:.2f} ms  Lipschitz ‖U‖₂/m {ev.lipschitz:.2f}  certified "
-              + " ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in certified.items()), flush=True)
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                        history=history, config=config)
-    if not history:
-        print(f"nothing to do: checkpoint already at epoch {first_epoch - 1} of {args.epochs}")
-        return {}
-    final = history[-1]
-    train_wall = time.perf_counter() - wall
-    report = {"config": config, "history": history, "final": final, "train_wall_time_s": train_wall}
+        say(f"epoch {epoch}: loss {stats.loss:.4f}  test acc {100 * ev.accuracy:.2f}%  "
+            f"iterations fwd {stats.forward_iterations:.1f} bwd {stats.backward_iterations:.1f}  "
+            f"step {1000 * stats.step_time:.2f} ms  Lipschitz ‖U‖₂/m {ev.lipschitz:.2f}  certified "
+            + " ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in ev.certified.items()), flush=True)
+        run.save(epoch)
+    return report(run, time.perf_counter() - wall, say)
+
+
+def report(run: Run, train_wall: float, say) -> dict:
+    args, final = run.args, run.history[-1]
+    result = {"config": run.config, "history": run.history, "final": final, "train_wall_time_s": train_wall}
     if args.certify_tol is None:
         # One more certification with every equilibrium re-solved tightly: the slack (the radius
         # the solver error costs) then all but vanishes. Per-epoch figures keep the cheaper --tol.
-        tight = evaluate(model, batches(x_test, y_test, 1000, shuffle=False), input_scale=MNIST_STD,
-                         certify_tol=TIGHT_TOL)
-        certified_tight = certified_accuracy(tight.radii, args.epsilons)
-        report["certified_tight"] = {"tol": TIGHT_TOL, "slack": float(tight.slack.mean()),
-                                     "certified": {str(k): v for k, v in certified_tight.items()}}
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    plot_curves(history, args.out / "curves.png")
-    print("\nfinal report")
-    print(f"  test accuracy            {100 * final['test_accuracy']:.2f}%")
-    print(f"  solver iterations        forward {final['forward_iterations']:.1f}, backward {final['backward_iterations']:.1f} (train), "
-          f"forward {final['test_forward_iterations']:.1f} (test)")
-    print(f"  Lipschitz bound ‖U‖₂/m   {final['lipschitz']:.3f} (normalised input), "
-          f"{final['lipschitz'] / MNIST_STD:.3f} (pixel scale)")
+        tight = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale, certify_tol=TIGHT_TOL,
+                         epsilons=args.epsilons)
+        result["certified_tight"] = {"tol": TIGHT_TOL, "slack": tight.mean_slack,
+                                     "certified": {str(k): v for k, v in tight.certified.items()}}
+    if run.info.is_main:
+        (args.out / "results.json").write_text(json.dumps(result, indent=2))
+        plot_curves(run.history, args.out / "curves.png")
+    say("\nfinal report")
+    say(f"  test accuracy            {100 * final['test_accuracy']:.2f}%")
+    say(f"  solver iterations        forward {final['forward_iterations']:.1f}, backward "
+        f"{final['backward_iterations']:.1f} (train), forward {final['test_forward_iterations']:.1f} (test)")
+    say(f"  Lipschitz bound ‖U‖₂/m   {final['lipschitz']:.3f} (normalised input), "
+        f"{final['lipschitz'] / run.pixel_scale:.3f} (pixel scale)")
     solve_tol = args.tol if args.certify_tol is None else args.certify_tol
-    print("  certified ℓ2 accuracy    " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in final["certified"].items())
-          + f" (sound; solve at tol {solve_tol:g}: radii pay {final['certificate_slack']:.2g} pixel on average "
-            "for the solver error)")
-    if "certified_tight" in report:
-        print("                           " + ", ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in certified_tight.items())
-              + f" (sound; re-solved at tol {TIGHT_TOL:g}: slack {report['certified_tight']['slack']:.2g})")
-    print(f"  training wall time       {train_wall:.1f} s")
-    print(f"  wrote {args.out / 'results.json'}, {args.out / 'curves.png'}, {checkpoint}")
-    return report
+    say("  certified ℓ2 accuracy    " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in final["certified"].items())
+        + f" (sound; solve at tol {solve_tol:g}: radii pay {final['certificate_slack']:.2g} pixel on average "
+          "for the solver error)")
+    if "certified_tight" in result:
+        tight = result["certified_tight"]
+        say("                           " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in tight["certified"].items())
+            + f" (sound; re-solved at tol {TIGHT_TOL:g}: slack {tight['slack']:.2g})")
+    say(f"  training wall time       {train_wall:.1f} s")
+    say(f"  wrote {args.out / 'results.json'}, {args.out / 'curves.png'}, {run.checkpoint}")
+    return result
 
 
 if __name__ == "__main__":

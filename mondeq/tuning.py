@@ -159,3 +159,18 @@ class AlphaTuner:
             model.layer.alpha = search.alpha
             self.log.append((self.steps, search))
         self.steps += 1
+
+    def state_dict(self) -> dict:
+        """The tuner's progress (step counter and log) in plain values, for checkpoints."""
+        return {"steps": self.steps,
+                "log": [[step, search.alpha,
+                         [[t.alpha, t.forward_iterations, t.backward_iterations, t.converged]
+                          for t in search.trials]] for step, search in self.log]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output, so a resumed run tunes at the same steps."""
+        self.steps = int(state["steps"])
+        self.log = [(int(step), AlphaSearch(alpha=float(alpha),
+                                            trials=[AlphaTrial(float(a), int(f), int(b), bool(c))
+                                                    for a, f, b, c in trials]))
+                    for step, alpha, trials in state["log"]]

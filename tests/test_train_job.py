@@ -23,7 +23,9 @@ def float32():
 
 def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
     train = load_train_module()
-    common = ["--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--out", str(tmp_path)]
+    # a constant learning rate can be extended by --resume --epochs (a cosine one cannot)
+    common = ["--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--schedule", "constant",
+              "--out", str(tmp_path)]
     report = train.main(["--epochs", "1", *common])
     assert (tmp_path / "results.json").is_file() and (tmp_path / "curves.png").is_file()
     assert (tmp_path / "checkpoint.pt").is_file()
@@ -33,7 +35,7 @@ def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
     assert final["lipschitz"] > 0
     assert set(final["certified"]) == {"0.1", "0.3", "0.5", "1.0"}
     assert final["certified"]["1.0"] <= final["certified"]["0.1"] <= final["test_accuracy"]
-    resumed = train.main(["--epochs", "2", "--resume", *common])
+    resumed = train.main(["--epochs", "2", "--resume", "--out", str(tmp_path)])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["history"][0] == json.loads(json.dumps(report["history"][0]))

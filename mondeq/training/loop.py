@@ -1,0 +1,226 @@
+"""One training epoch and one evaluation pass, on any device and under torch.distributed.
+
+Both loops move each batch to the model's device (a no-op when the data already lives there) and
+keep their running sums on that device, so a CUDA step makes no host synchronisation of its own:
+the sums are read once per epoch, and the progress bar reads them only every ``refresh`` steps.
+Under torch.distributed the per-epoch figures are summed over ranks
+(:func:`mondeq.distributed.all_reduce_sum`), so every rank returns the global figures; every
+rank must therefore call these functions (they are collectives there).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..certify import certify
+from ..distributed import all_reduce_sum, unwrap
+from ..lipschitz import lipschitz_bound
+from ..models import MonDEQClassifier
+from ..progress import ProgressBar
+
+__all__ = ["EpochStats", "Evaluation", "evaluate", "train_epoch"]
+
+
+@dataclass
+class EpochStats:
+    """Averages over one training epoch (over every rank under torch.distributed).
+
+    Attributes:
+        loss: mean training loss per sample.
+        accuracy: training accuracy.
+        forward_iterations, backward_iterations: mean solver iterations per step.
+        step_time: mean wall time of a training step (forward, backward, optimizer), seconds; on
+            CUDA measured with events, so without a synchronisation per step.
+        steps: steps taken (by this rank).
+        samples: samples seen (over every rank).
+    """
+
+    loss: float
+    accuracy: float
+    forward_iterations: float
+    backward_iterations: float
+    step_time: float
+    steps: int
+    samples: int = 0
+
+
+@dataclass
+class Evaluation:
+    """Test-set figures for a classifier (over every rank's shard under torch.distributed).
+
+    Attributes:
+        accuracy: clean accuracy.
+        forward_iterations: mean solver iterations per batch.
+        lipschitz: ‖U‖₂/m of the layer.
+        certified: certified accuracy (radius > ε) at each ε passed to :func:`evaluate`.
+        mean_slack: mean radius paid for the solver error (scale of ``input_scale``).
+        samples: test samples evaluated.
+        radii: THIS rank's per-example sound certified ℓ2 radius, in the scale of ``input_scale``.
+        slack: THIS rank's per-example radius paid for the solver error (same scale).
+    """
+
+    accuracy: float
+    forward_iterations: float
+    lipschitz: float
+    radii: Tensor = field(repr=False)
+    slack: Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
+    certified: dict[float, float] = field(default_factory=dict)
+    mean_slack: float = 0.0
+    samples: int = 0
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
+def _count(value) -> Tensor | int:
+    """An iteration count as the solver gave it (a host int, or a device tensor)."""
+    return value if isinstance(value, (int, Tensor)) else int(value)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+                data: Iterable[tuple[Tensor, Tensor]], *, steps: int,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                desc: str = "train",
+                loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                on_batch: Callable[[nn.Module, Tensor, Tensor], None] | None = None,
+                amp: bool = False, progress: bool = True, refresh: int = 10) -> EpochStats:
+    """One pass of training (cross entropy by default), with a progress bar.
+
+    Args:
+        model: the classifier, or its :func:`mondeq.distributed.wrap_model` wrapper.
+        optimizer: its optimizer.
+        data: (x, y) minibatches, on any device (moved to the model's).
+        steps: number of minibatches (for the progress bar).
+        scheduler: stepped once per minibatch when given.
+        desc: progress-bar label.
+        loss_fn: ``loss_fn(logits, y) -> scalar`` replacing cross entropy, e.g.
+            :class:`mondeq.losses.LipschitzMarginLoss` for certified training.
+        on_batch: ``on_batch(model, x, y)`` called before each step, outside the step timing,
+            e.g. :class:`mondeq.tuning.AlphaTuner` to re-tune α every N steps.
+        amp: run forward and loss under ``torch.autocast(device, dtype=torch.bfloat16)``.
+        progress: draw the progress bar (pass ``False`` on every rank but the first).
+        refresh: read the running loss for the bar every ``refresh`` steps (each read is a host
+            synchronisation on CUDA).
+    """
+    model.train()
+    device = _model_device(model)
+    cuda = device.type == "cuda"
+    bar = ProgressBar(steps, desc) if progress else None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, fw, bw, step_time, taken, shown = 0, 0, 0, 0.0, 0, float("nan")
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+    for x, y in data:
+        x, y = _to(x, device), _to(y, device)
+        if on_batch is not None:
+            on_batch(model, x, y)
+        if cuda:
+            start_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, stats = model.forward_with_stats(x)
+            loss = nn.functional.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if cuda:
+            end_event = torch.cuda.Event(enable_timing=True)
+            end_event.record()
+            events.append((start_event, end_event))
+        else:
+            step_time += time.perf_counter() - start
+        taken += 1
+        loss_sum += loss.detach().to(torch.float64) * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        fw = fw + _count(stats.forward.iterations)
+        bw = bw + (_count(stats.backward.iterations) if stats.backward is not None else 0)
+        if bar is not None:
+            if taken % refresh == 0 or taken == steps or taken == 1:
+                shown = float(loss_sum) / seen
+            bar.update(loss=shown)
+    if bar is not None:
+        bar.close()
+    if cuda:
+        torch.cuda.synchronize(device)
+        step_time = sum(a.elapsed_time(b) for a, b in events) / 1000.0
+    sums = all_reduce_sum(torch.stack([loss_sum, correct.to(torch.float64), torch.tensor(float(seen), device=device),
+                                       torch.as_tensor(fw, dtype=torch.float64, device=device),
+                                       torch.as_tensor(bw, dtype=torch.float64, device=device),
+                                       torch.tensor(float(taken), device=device, dtype=torch.float64),
+                                       torch.tensor(step_time, device=device, dtype=torch.float64)]))
+    loss_total, correct_total, seen_total, fw_total, bw_total, steps_total, time_total = sums.tolist()
+    n = max(steps_total, 1.0)
+    return EpochStats(loss=loss_total / max(seen_total, 1.0), accuracy=correct_total / max(seen_total, 1.0),
+                      forward_iterations=fw_total / n, backward_iterations=bw_total / n,
+                      step_time=time_total / n, steps=taken, samples=int(seen_total))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
+             input_scale: float = 1.0, certify_tol: float | None = None,
+             epsilons: Sequence[float] = ()) -> Evaluation:
+    """Clean accuracy, mean iterations, the Lipschitz bound and sound certified radii.
+
+    Radii come from :func:`mondeq.certify.certify`: they account for the solver's error, so they
+    hold for the exact network at any tolerance. Under torch.distributed pass each rank its own
+    shard of the test set (:func:`mondeq.distributed.shard`); counts are summed over ranks, so
+    accuracy and certified accuracy equal those of one process on the whole set.
+
+    Args:
+        model: the classifier (or its DDP wrapper).
+        data: (x, y) minibatches, on any device (moved to the model's).
+        input_scale: factor from the model's input scale to the reporting scale (for a model fed
+            per-channel normalised inputs, the smallest channel std gives sound pixel-scale radii).
+        certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own).
+            Accuracy and iterations are always those of the layer's own settings.
+        epsilons: radii (reporting scale) at which certified accuracy (radius > ε) is counted.
+    """
+    model = unwrap(model)
+    device = _model_device(model)
+    epsilons = [float(e) for e in epsilons]
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    certified = torch.zeros(len(epsilons), dtype=torch.float64, device=device)
+    slack_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen, iterations, batches_seen, radii, slack = 0, 0.0, 0, [], []
+    lipschitz = lipschitz_bound(model.layer)
+    eps = torch.tensor(epsilons, dtype=torch.float64, device=device)
+    for x, y in data:
+        x, y = _to(x, device), _to(y, device)
+        cert = certify(model, x, y, input_scale=input_scale, batch_size=None)
+        correct += cert.correct.sum()
+        seen += len(y)
+        iterations += cert.forward_iterations
+        batches_seen += 1
+        if certify_tol is not None:
+            cert = certify(model, x, y, input_scale=input_scale, tol=certify_tol, batch_size=None)
+        radius = cert.radius.to(torch.float64)
+        certified += (radius[:, None] > eps[None, :]).sum(0)
+        slack_sum += cert.slack.to(torch.float64).sum()
+        radii.append(cert.radius)
+        slack.append(cert.slack)
+    sums = all_reduce_sum(torch.cat([torch.stack([correct, slack_sum,
+                                                  torch.tensor(float(seen), dtype=torch.float64, device=device),
+                                                  torch.tensor(iterations, dtype=torch.float64, device=device),
+                                                  torch.tensor(float(batches_seen), dtype=torch.float64, device=device)]),
+                                     certified])).tolist()
+    correct_total, slack_total, seen_total, iterations_total, batches_total = sums[:5]
+    n = max(seen_total, 1.0)
+    return Evaluation(accuracy=correct_total / n, forward_iterations=iterations_total / max(batches_total, 1.0),
+                      lipschitz=lipschitz, radii=torch.cat(radii) if radii else torch.zeros(0),
+                      slack=torch.cat(slack) if slack else torch.zeros(0),
+                      certified={e: c / n for e, c in zip(epsilons, sums[5:])},
+                      mean_slack=slack_total / n, samples=int(seen_total))
