@@ -214,3 +214,22 @@ def test_epoch_order_is_a_reproducible_permutation_that_changes_each_epoch():
     assert not torch.equal(a, epoch_order(50, seed=8, epoch=3))
     torch.manual_seed(123)  # independent of the global generator
     assert torch.equal(a, epoch_order(50, seed=7, epoch=3))
+
+
+def test_torchrun_main_job_two_processes_rank0_writes_results(tmp_path):
+    """``torchrun --nproc_per_node 2 experiments/train.py`` on a slice of MNIST, gloo on CPU."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "experiments" / "train.py"), "--device", "cpu", "--epochs", "1",
+               "--train-limit", "256", "--test-limit", "101", "--batch-size", "64", "--out", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "results.json"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["world_size"] == 2
+    assert [h["epoch"] for h in results["history"]] == [1]
+    assert 0.0 <= results["final"]["test_accuracy"] <= 1.0
+    # test accuracy is a count over all 101 test images, summed over the two shards (51 + 50)
+    assert round(results["final"]["test_accuracy"] * 101, 6) == round(results["final"]["test_accuracy"] * 101)
+    assert done.stdout.count("final report") == 1  # only rank 0 prints
