@@ -9,6 +9,10 @@ the checkpoint (or under ``--out``):
 * ``certify.json``: the table and the slack figures;
 * ``certify.png``: certified accuracy against ε (tight and loose solve) and PGD robust accuracy.
 
+Everything runs on ``--device`` (default: CUDA when available, else the CPU): the checkpoint is
+loaded there (``map_location``), the test set moved there, and the PGD restarts draw from a
+generator on that device.
+
 Example::
 
     python experiments/train.py --certified-eps 1.58 --out runs/mnist_fc_cert
@@ -34,41 +38,77 @@ from train import MODELS  # noqa: E402  (the main job's model registry: one sour
 EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (a count of steps, images, iterations, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0 (a tolerance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def device_arg(text: str) -> torch.device:
+    """``--device``: a torch device that exists on this machine."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
+    return device
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", type=Path, help="the main job's --out folder, or a checkpoint.pt")
     p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
                    help="ℓ2 radii in pixel scale [0, 1]")
-    p.add_argument("--tol", type=float, default=1e-6,
+    p.add_argument("--tol", type=positive_float, default=1e-6,
                    help="re-solve at this tolerance before certifying (the trained tolerance is "
                         "also reported, to show the slack it costs)")
-    p.add_argument("--max-iter", type=int, default=2000, help="iteration cap of the tight solve")
+    p.add_argument("--max-iter", type=positive_int, default=2000, help="iteration cap of the tight solve")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of certification and attacks")
-    p.add_argument("--test-limit", type=int, default=None, help="certify only the first N test images")
-    p.add_argument("--attack-limit", type=int, default=None,
+    p.add_argument("--test-limit", type=positive_int, default=None, help="certify only the first N test images")
+    p.add_argument("--attack-limit", type=positive_int, default=None,
                    help="attack only the first N test images (default: all certified ones)")
-    p.add_argument("--steps", type=int, default=50, help="PGD steps per restart")
-    p.add_argument("--restarts", type=int, default=2, help="PGD restarts (the first from x)")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=50, help="PGD steps per restart")
+    p.add_argument("--restarts", type=positive_int, default=2, help="PGD restarts (the first from x)")
+    p.add_argument("--batch-size", type=positive_int, default=1000)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
     p.add_argument("--data", type=Path, default=None, help="MNIST folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model, the data and the attack's generator live")
     return p.parse_args(argv)
 
 
-def load_model(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
+def load_model(path: Path, dtype: torch.dtype,
+               device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     checkpoint = path / "checkpoint.pt" if path.is_dir() else path
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}; run experiments/train.py --out {path} first")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
     config = state["config"]
     if config["model"] not in MODELS:
         raise ValueError(f"checkpoint model {config['model']!r} is not in the registry {sorted(MODELS)}")
     model = MODELS[config["model"]](argparse.Namespace(**config))
     model.load_state_dict(state["model"])
-    return model.to(dtype).eval(), state
+    return model.to(device=device, dtype=dtype).eval(), state
 
 
 def plot(path: Path, radii: dict[str, torch.Tensor], clean: float, pgd_acc: dict[float, float],
@@ -77,6 +117,7 @@ def plot(path: Path, radii: dict[str, torch.Tensor], clean: float, pgd_acc: dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    radii = {label: r.detach().cpu() for label, r in radii.items()}
     top = max(max(pgd_acc), float(max(r.max() for r in radii.values())) if radii else 1.0) * 1.05
     grid = torch.linspace(0, top, 300)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -98,16 +139,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
-    model, state = load_model(args.run, dtype)
+    device = args.device
+    model, state = load_model(args.run, dtype, device)
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
     out.mkdir(parents=True, exist_ok=True)
     pixels, labels = load_mnist(args.data, train=False)
-    pixels, labels = pixels[: args.test_limit].to(dtype), labels[: args.test_limit]
+    pixels = pixels[: args.test_limit].to(device=device, dtype=dtype)
+    labels = labels[: args.test_limit].to(device)
     x = normalize(pixels)
     eps_list = sorted(args.epsilons)
     layer = model.layer
     print(f"{state['config']['model']} monDEQ from {args.run} (epoch {state['epoch']}), "
-          f"{len(x)} test images, {args.dtype}")
+          f"{len(x)} test images, {args.dtype}, on {device}")
 
     start = time.perf_counter()
     loose = certify(model, x, labels, epsilons=eps_list, input_scale=MNIST_STD, batch_size=args.batch_size)
@@ -131,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     # survived the smaller radii are attacked; every attacked image whose certified radius exceeds
     # ε is a soundness check (a misclassified PGD point there would be a counterexample).
     n_attack = len(x) if args.attack_limit is None else min(args.attack_limit, len(x))
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     attack = dict(norm="l2", steps=args.steps, restarts=args.restarts, bounds=(0.0, 1.0),
                   mean=MNIST_MEAN, std=MNIST_STD, generator=generator)
     robust_mask = tight.correct[:n_attack].clone()
@@ -147,12 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
                 broken = model(normalize(result.x_adv)).argmax(1) != labels[chunk]
             robust_mask[chunk[broken]] = False
             certified = radius[chunk] > eps
-            counterexamples += int((broken & certified).sum())
-            checked += int(certified.sum())
+            counterexamples += (broken & certified).sum()  # summed on the device, read once
+            checked += certified.sum()
         robust[eps] = float(robust_mask.double().mean())
         print(f"PGD ε={eps:g}: robust accuracy {100 * robust[eps]:.2f}% ({time.perf_counter() - start:.0f} s)",
               flush=True)
     attack_time = time.perf_counter() - start
+    counterexamples, checked = int(counterexamples), int(checked)
 
     rows = [{"eps": e, "clean": clean, "certified": tight.certified[e], "certified_trained_tol": loose.certified[e],
              "pgd_robust": robust[e]} for e in eps_list]

@@ -52,14 +52,26 @@ def _project(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
 
 
 def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None) -> Tensor:
-    noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     if norm == "linf":
-        return (2 * torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) - 1) * _expand(eps, x)
+        return (2 * _draw(torch.rand, x.shape, x, generator) - 1) * _expand(eps, x)
     # uniform in the ℓ2 ball: a random direction times ε·u^(1/d)
+    noise = _draw(torch.randn, x.shape, x, generator)
     d = x[0].numel()
-    u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator) ** (1.0 / d)
+    u = _draw(torch.rand, (x.shape[0],), x, generator) ** (1.0 / d)
     direction = noise / _expand(_flat_norm(noise, "l2").clamp(min=1e-12), x)
     return direction * _expand(eps * u, x)
+
+
+def _draw(sample: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor,
+          generator: torch.Generator | None) -> Tensor:
+    """Random numbers in ``like``'s dtype and device, drawn on the generator's device.
+
+    A generator only draws on its own device, so a CPU generator with CUDA inputs draws on the
+    CPU and the numbers are copied over (the same numbers on every device for one seed).
+    """
+    device = like.device if generator is None else generator.device
+    out = sample(shape, dtype=like.dtype, device=device, generator=generator)
+    return out.to(like.device, non_blocking=True)
 
 
 def margins(logits: Tensor, y: Tensor) -> Tensor:
@@ -94,7 +106,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
         mean, std: the normalisation the model expects (scalars or broadcastable tensors).
         loss: ``"margin"`` (the largest other logit minus the true one; does not saturate) or
             ``"ce"`` (cross entropy).
-        generator: random generator for the restarts.
+        generator: random generator for the restarts, on any device (the noise is drawn on the
+            generator's device and moved to ``x``'s).
 
     Returns:
         an :class:`AttackResult`.
