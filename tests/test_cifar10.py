@@ -90,6 +90,22 @@ def test_training_split_is_batches_one_to_five_in_order(tmp_path: Path) -> None:
         assert _as_uint8(images)[i - 1, :, i, i].tolist() == [i, 2 * i, 3 * i]
 
 
+def test_archive_members_in_any_order(tmp_path: Path) -> None:
+    """The official archive does not store the batches in order; the split still is 1..5."""
+    batches = tmp_path / "batches"
+    batches.mkdir()
+    for i in range(1, 6):
+        _one_image_batch(batches / f"data_batch_{i}", (i, 2 * i), (i, 0, 0), label=i)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for i in (4, 2, 5, 1, 3):
+            tar.add(batches / f"data_batch_{i}", arcname=f"cifar-10-batches-py/data_batch_{i}")
+    images, labels = load_cifar10(folder, train=True)
+    assert labels.tolist() == [1, 2, 3, 4, 5]
+    assert [int(_as_uint8(images)[i - 1, 0, i, 2 * i]) for i in range(1, 6)] == [1, 2, 3, 4, 5]
+
+
 def test_missing_everything(tmp_path: Path) -> None:
     with pytest.raises(MissingDatasetError, match="download=True") as info:
         load_cifar10(tmp_path / "cifar10", train=False)

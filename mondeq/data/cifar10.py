@@ -136,23 +136,27 @@ def _read_from_folder(folder: Path, names: tuple[str, ...]) -> list[tuple[np.nda
 
 
 def _read_from_archive(archive: Path, names: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
-    out = []
+    """Reads the wanted batches in one pass over the archive (no extraction, no seeking back)."""
+    wanted = {f"{CIFAR10_FOLDER}/{name}": name for name in names}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for name in names:
-                member = f"{CIFAR10_FOLDER}/{name}"
-                try:
-                    fh = tar.extractfile(member)
-                except KeyError:
-                    fh = None
+            for member in tar:
+                name = wanted.get(member.name.removeprefix("./"))
+                if name is None or not member.isfile():
+                    continue
+                fh = tar.extractfile(member)
                 if fh is None:
-                    raise corrupt(archive, f"the archive has no file {member}")
-                out.append(read_cifar10_batch(fh.read(), source=archive / member))
+                    continue
+                found[name] = read_cifar10_batch(fh.read(), source=archive / member.name)
+                if len(found) == len(names):
+                    break
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, DatasetFileError):
-            raise
         raise corrupt(archive, f"invalid or truncated tar.gz archive ({exc})") from exc
-    return out
+    missing = [f"{CIFAR10_FOLDER}/{n}" for n in names if n not in found]
+    if missing:
+        raise corrupt(archive, f"the archive has no file {', '.join(missing)}")
+    return [found[name] for name in names]
 
 
 def download_cifar10(root: str | os.PathLike[str] | None = None, *, timeout: float = 60.0) -> Path:
