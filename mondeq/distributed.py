@@ -6,20 +6,21 @@ processes and sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 process's device. A plain ``python prog.py`` gives a trivial one-process :class:`DistInfo` and no
 process group, so the same program runs both ways and every helper here is a no-op without a group.
 
-**Why the implicit backward is DDP-safe, unchanged.** A monDEQ layer's parameter gradients reach
-F, G, U and b through ordinary autograd of *one* application of the layer map at the equilibrium,
-:math:`z^\star = \sigma(W z^\star + U x + b)`; the backward linear solve
-:math:`u = (I - J W^\top)^{-1} J \bar g` happens inside a custom autograd node whose output is
-the gradient with respect to :math:`v = W z^\star + U x + b`. Autograd then pushes :math:`u`
-through :math:`v`'s ordinary graph into the parameters, so every parameter's ``.grad`` is
-accumulated by autograd exactly once per backward, which is where DistributedDataParallel's
-allreduce hooks fire. No parameter is touched outside autograd, none is read by the solver in a
+**Why the implicit backward is DDP-safe, unchanged.** The forward solve runs without a graph;
+the graph is *one* application of the layer map at the equilibrium,
+:math:`v = W\,\mathrm{sg}(z^\star) + U x + b`, :math:`z = \sigma(v)` (see
+:mod:`splitting.implicit`). The backward linear solve :math:`u = (I - J W^\top)^{-1} J \bar g`
+happens inside the custom autograd node of σ, whose output is the gradient with respect to
+:math:`v`. Autograd then pushes :math:`u` through :math:`v`'s ordinary graph into F, G, U and b,
+so every parameter's ``.grad`` is accumulated by autograd exactly once per backward, which is
+where DistributedDataParallel's allreduce hooks fire. No parameter is read by the solver in a
 way DDP cannot see, and the solve's iteration count (which differs between ranks) changes only
-how :math:`u` is computed, not which parameters receive gradients. DDP then averages the
-gradients, so with a *mean* loss over each rank's equal share of the global batch the update
-equals the single-process update on the whole batch (up to the solver's tolerance: the stopping
-test is per batch, so a loose ``tol`` makes each sample's :math:`\hat z` depend on its batch
-mates).
+how :math:`u` is computed, not which parameters receive gradients. DDP averages the gradients,
+so with a *mean* loss over each rank's equal share of the global batch the update equals the
+single-process update on the whole batch, up to the solver's tolerance: the stopping test is per
+batch, so at a loose ``tol`` each sample's :math:`\hat z` depends on its batch mates. One thing
+does need care: DDP arms its hooks in the *wrapper's* forward, so a training step must call the
+wrapper (:class:`DistributedMonDEQ` offers ``forward_with_stats`` for that), never the bare model.
 
 **What must agree across ranks** (and what this module offers for it): the data order
 (:func:`epoch_order`, a pure function of seed and epoch, and :func:`rank_batches`, each rank's
@@ -37,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from splitting import EquilibriumStats, State
 from splitting.errors import InvalidSettingError
 
 
@@ -189,15 +191,19 @@ def shard(n: int, info: DistInfo) -> Tensor:
 def all_reduce_sum(t: Tensor) -> Tensor:
     """The elementwise sum of ``t`` over ranks, on every rank (``t`` itself without a group).
 
-    Reduce counts and sums, never means of unequal shards: accuracy is
-    ``all_reduce_sum(correct) / all_reduce_sum(total)``. Works for CPU tensors with gloo and CUDA
-    tensors with nccl. The input is not modified.
+    Reduce counts and sums, never means of unequal shares: accuracy is
+    ``all_reduce_sum(correct) / all_reduce_sum(total)``. Works with gloo (CPU tensors) and nccl
+    (CUDA tensors; a CPU tensor is reduced on this process's CUDA device and returned on the CPU).
+    The input is not modified; the result is detached.
     """
     if not is_distributed():
         return t
-    out = t.detach().clone()
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        out = t.detach().to(torch.device("cuda", torch.cuda.current_device()))
+    else:
+        out = t.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return out.to(t.device)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -216,7 +222,7 @@ class _StatsForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, *, with_stats: bool = False, z0=None):
+    def forward(self, x: Tensor, *, with_stats: bool = False, z0: State | None = None):
         if with_stats:
             return self.model.forward_with_stats(x, z0=z0)
         return self.model(x)
@@ -233,7 +239,8 @@ class DistributedMonDEQ(nn.parallel.DistributedDataParallel):
     :func:`unwrap`.
     """
 
-    def forward_with_stats(self, x: Tensor, *, z0=None):
+    def forward_with_stats(self, x: Tensor, *,
+                           z0: State | None = None) -> tuple[Tensor, EquilibriumStats]:
         """Logits and solver results, through DDP's forward (so the backward is synchronised)."""
         return self(x, with_stats=True, z0=z0)
 

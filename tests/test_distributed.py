@@ -100,7 +100,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         result[f"{kind}-{solver}"] = _train(kind, solver, info)
     model = wrap_model(_model("fc", "pr"), info, device)
     result["correct"] = _correct(model, info)
-    model.module.model.layer.tol = 1e-6
+    unwrap(model).layer.tol = 1e-6
     result["alpha"] = _tuner_choice(model, info.rank)
     result["broadcast"] = broadcast_object({"from": info.rank})
     torch.save(result, Path(out) / f"rank{rank}.pt")
