@@ -82,3 +82,22 @@ def test_bad_options_are_named(mnist_model):
         pgd(model, x[:2], y[:2], 1.0, loss="hinge")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         pgd(model, x[:2], y[:2], -1.0)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 2.0), ("linf", 0.2)])
+def test_random_restarts_come_from_the_generator_and_stay_in_the_ball(mnist_model, norm, eps):
+    """With no gradient steps the result is the best of x and the random starts: reproducible from
+    the generator's seed, different for another seed, inside the ε-ball and the pixel box."""
+    model, x, y = mnist_model
+    x, y = x[:8], y[:8]
+
+    def attack(seed):
+        return pgd(model, x, y, eps, norm=norm, steps=0, restarts=4,
+                   generator=torch.Generator(device=x.device).manual_seed(seed), **ATTACK)
+
+    first, again, other = attack(1), attack(1), attack(2)
+    torch.testing.assert_close(again.x_adv, first.x_adv, rtol=0, atol=0)
+    assert not torch.equal(other.x_adv, first.x_adv)
+    assert bool((first.distance <= eps * (1 + 1e-12)).all())
+    assert float(first.x_adv.min()) >= 0.0 and float(first.x_adv.max()) <= 1.0
+    assert bool((first.distance > 0).any())  # some random start beat x itself

@@ -370,6 +370,32 @@ def test_inverse_transform_backends_agree(hw):
     torch.testing.assert_close(_irfft2_torch(spectrum, hw), x)
     torch.testing.assert_close(_irfft2_scipy(spectrum, hw), x)
     assert _irfft2_scipy(spectrum.to(torch.complex64), hw).dtype == torch.float32
+    assert _irfft2_torch(spectrum, hw).is_contiguous() and _irfft2_scipy(spectrum, hw).is_contiguous()
+
+
+@pytest.mark.parametrize("hw", [(5, 6), (4, 1)])
+def test_rfft2_blocks_is_the_frequency_major_spectrum(hw):
+    """Block ω, row b, column c is rfft2(x)[b, c, ω_h, ω_w] (row-major ω), stored contiguously."""
+    from mondeq.fft import rfft2_blocks
+    x = torch.randn(3, 2, *hw)
+    blocks = rfft2_blocks(x)
+    assert blocks.shape == (hw[0] * (hw[1] // 2 + 1), 3, 2) and blocks.is_contiguous()
+    reference = torch.fft.rfft2(x)
+    for f in range(blocks.shape[0]):
+        torch.testing.assert_close(blocks[f], reference[:, :, f // (hw[1] // 2 + 1), f % (hw[1] // 2 + 1)])
+
+
+def test_kernel_spectra_first_built_under_inference_mode_still_differentiate():
+    """The cached phase tables are plain tensors even when first built under inference_mode, so a
+    later differentiable spectrum can save them for backward."""
+    hw = (7, 9)  # a size no other test uses: the first build happens here
+    kernel = torch.randn(2, 2, 3, 3)
+    with torch.inference_mode():
+        first = kernel_blocks(kernel, hw)
+    leaf = kernel.clone().requires_grad_()
+    blocks = kernel_blocks(leaf, hw)
+    torch.testing.assert_close(blocks.detach(), first)
+    assert torch.autograd.gradcheck(lambda k: kernel_blocks(k, hw), (leaf,))
 
 
 @pytest.mark.parametrize("hw", [(3, 4), (5, 5), (4, 5)])
