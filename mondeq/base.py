@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from splitting import LinearOperator, NonFiniteInputError, State, StateShapeError
-from splitting.errors import InvalidSettingError
+from splitting import LinearOperator, State, StateShapeError
+from splitting.operator import check_margin
 
 
 class MonotoneParametrisation(nn.Module, ABC):
@@ -25,9 +25,7 @@ class MonotoneParametrisation(nn.Module, ABC):
 
     def __init__(self, m: float) -> None:
         super().__init__()
-        if not m > 0:
-            raise InvalidSettingError(f"monotonicity margin m must be > 0, got {m}")
-        self.m = float(m)
+        self.m = check_margin(m)
 
     @abstractmethod
     def bias(self, x: Tensor) -> State:
@@ -41,12 +39,23 @@ class MonotoneParametrisation(nn.Module, ABC):
     def input_norm(self) -> Tensor:
         r""":math:`\|U\|_2` exactly (the largest singular value of the input map)."""
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating dtype."""
+        return next(self.parameters()).dtype
+
     def check_input(self, x: Tensor) -> None:
-        """Raise a typed error for a wrong per-sample shape or non-finite values."""
+        """Raise a typed error for a wrong type, per-sample shape or an empty batch.
+
+        Non-finite values are not checked here (that would synchronise with the device on every
+        call): a solve on them fails, and the layer then names the non-finite tensor.
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
         if x.ndim < 1 or tuple(x.shape[1:]) != tuple(self.input_shape):
             raise StateShapeError(
                 f"input has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, self.input_shape))})")
-        if not bool(torch.isfinite(x).all()):
-            raise NonFiniteInputError("input contains NaN or inf; check the data pipeline or the learning rate")
+        if x.shape[0] == 0:
+            raise StateShapeError("input is an empty batch (0 samples); pass at least one sample")

@@ -205,6 +205,10 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     Returns:
         a :class:`Certificate`.
 
+    Raises:
+        NonAffineReadoutError: the classifier's readout or head is not known to be affine
+            (the radius formula needs ``logits = H z + c``).
+
     Note:
         Rounding is not accounted for: in float32 the logits carry relative errors near 1e-7, so
         certify in float64 (``model.double()``) when tiny margins matter.

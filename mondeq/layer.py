@@ -3,28 +3,36 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from splitting import SOLVERS, EquilibriumStats, Prox, ReLU, State, equilibrium
-from splitting.errors import InvalidSettingError
+from splitting.errors import InvalidSettingError, NonFiniteInputError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class MonDEQ(nn.Module):
     r"""Implicit layer :math:`x \mapsto z^\star`, :math:`z^\star = \sigma(Wz^\star + Ux + b)`.
 
     The equilibrium exists and is unique for every parameter value. Gradients are exact implicit
-    gradients computed by the same splitting method on the transposed problem.
+    gradients computed by the same splitting method on the transposed problem; forward-mode
+    derivatives are exact too (see :mod:`splitting.implicit`).
 
     Args:
         linear: the parametrisation of U, b and W (e.g. :class:`~mondeq.dense.MonotoneLinear`).
-        nonlinearity: a proximal nonlinearity σ (default ReLU).
-        solver: ``"pr"``, ``"fb"`` (see ``splitting.SOLVERS``) or a solver callable.
-        alpha: splitting step size.
-        tol: per-sample relative residual at which the forward solve stops.
-        max_iter: forward iteration cap.
+        nonlinearity: a proximal nonlinearity σ, an instance of :class:`splitting.Prox`
+            (default :class:`splitting.ReLU`).
+        solver: ``"pr"``, ``"fb"``, ``"dr"``, ``"anderson-pr"``, ``"anderson-fb"`` (see
+            ``splitting.SOLVERS``) or a solver callable; may be reassigned later
+            (``layer.solver = "dr"``).
+        alpha: splitting step size, 0 < α < ∞.
+        tol: converged means every sample's true relative residual
+            ‖z − σ(Wz + Ux + b)‖/‖z‖ ≤ tol (for the forward solve and the backward one).
+        max_iter: forward iteration cap, ≥ 1.
         backward_tol, backward_max_iter: backward settings (default: the forward ones).
     """
 
@@ -33,31 +41,116 @@ class MonDEQ(nn.Module):
                  max_iter: int = 50, backward_tol: float | None = None,
                  backward_max_iter: int | None = None) -> None:
         super().__init__()
+        if not isinstance(linear, MonotoneParametrisation):
+            raise TypeError(f"linear must be a mondeq.MonotoneParametrisation (MonotoneLinear, "
+                            f"MonotoneConv, ...), got {type(linear).__name__}")
+        self.linear = linear
+        self.nonlinearity = ReLU() if nonlinearity is None else nonlinearity
+        self.solver = solver
+        self.alpha = alpha
+        self.tol = _check_tol(tol, "tol")
+        self.max_iter = _check_iterations(max_iter, "max_iter")
+        self.backward_tol = None if backward_tol is None else _check_tol(backward_tol, "backward_tol")
+        self.backward_max_iter = (None if backward_max_iter is None
+                                  else _check_iterations(backward_max_iter, "backward_max_iter"))
+
+    @property
+    def solver(self) -> Callable:
+        """The splitting method (a callable of ``splitting.SOLVERS``' signature)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, solver: str | Callable) -> None:
         if isinstance(solver, str):
             if solver not in SOLVERS:
                 raise InvalidSettingError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
             solver = SOLVERS[solver]
-        self.linear = linear
-        self.nonlinearity = nonlinearity if nonlinearity is not None else ReLU()
-        self.solver = solver
-        self.alpha = check_alpha(alpha)
-        self.tol = tol
-        self.max_iter = max_iter
-        self.backward_tol = backward_tol
-        self.backward_max_iter = backward_max_iter
+        elif not callable(solver):
+            raise InvalidSettingError(f"solver must be a name in {sorted(SOLVERS)} or a callable, got {solver!r}")
+        self._solver = solver
+
+    @property
+    def nonlinearity(self) -> Prox:
+        """The proximal nonlinearity σ."""
+        return self._nonlinearity
+
+    @nonlinearity.setter
+    def nonlinearity(self, nonlinearity: Prox) -> None:
+        if not isinstance(nonlinearity, Prox):
+            raise TypeError(
+                f"nonlinearity must be a splitting.Prox (e.g. splitting.ReLU(), "
+                f"splitting.SoftThreshold(lam)), got {nonlinearity!r}: the splitting methods need "
+                f"prox(v, alpha) and derivative(v), not just σ(v); subclass splitting.Prox to "
+                f"add a proximal nonlinearity")
+        self._nonlinearity = nonlinearity
+
+    @property
+    def alpha(self) -> float:
+        """The splitting step size."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, alpha: float) -> None:
+        self._alpha = check_alpha(alpha)
 
     def forward(self, x: Tensor) -> State:
         """The equilibrium state (a tuple of tensors, batch first) for input ``x``."""
         return self.forward_with_stats(x)[0]
 
     def forward_with_stats(self, x: Tensor, *, z0: State | None = None) -> tuple[State, EquilibriumStats]:
-        """Like :meth:`forward`, also returning the solver results (iterations, residuals, time)."""
+        """Like :meth:`forward`, also returning the solver results (iterations, residuals, time).
+
+        Raises:
+            StateShapeError: wrong input shape or an empty batch.
+            TypeError: half-precision parameters, or an input dtype that differs from the
+                parameters' outside autocast.
+            NonFiniteInputError: the solve failed and the input or a parameter is not finite
+                (named in the message).
+        """
+        self.check_input(x)
+        z, stats = equilibrium(self.linear.operator(), self.nonlinearity, self.linear.bias(x),
+                               solver=self.solver, alpha=self.alpha, tol=self.tol,
+                               max_iter=self.max_iter, z0=z0, backward_tol=self.backward_tol,
+                               backward_max_iter=self.backward_max_iter)
+        if not stats.forward.converged:
+            self._raise_if_not_finite(x)
+        return z, stats
+
+    def check_input(self, x: Tensor) -> None:
+        """Shape, emptiness and dtype checks (no device synchronisation)."""
         self.linear.check_input(x)
-        return equilibrium(self.linear.operator(), self.nonlinearity, self.linear.bias(x),
-                           solver=self.solver, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter,
-                           z0=z0, backward_tol=self.backward_tol,
-                           backward_max_iter=self.backward_max_iter)
+        dtype = self.linear.dtype
+        if dtype in LOW_PRECISION:
+            raise TypeError(f"monDEQ parameters are {dtype}; the equilibrium solve needs float32 or "
+                            f"float64 parameters: keep them in float32 and train under "
+                            f"torch.autocast for low-precision speed")
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"input dtype {x.dtype} differs from the parameters' {dtype}; convert "
+                            f"the input (x.to({dtype})) or run under torch.autocast")
+
+    def _raise_if_not_finite(self, x: Tensor) -> None:
+        """After a failed solve, name the non-finite tensor if there is one (syncs; failure only)."""
+        bad = [] if bool(torch.isfinite(x).all()) else ["input x"]
+        bad += [f"parameter {name}" for name, p in self.linear.named_parameters()
+                if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteInputError(f"{', '.join(bad)} contain(s) NaN or inf, so the equilibrium "
+                                      f"is undefined; check the data pipeline, the learning rate "
+                                      f"or the solver (forward-backward with too large an alpha)")
 
     def extra_repr(self) -> str:
         name = getattr(self.solver, "__name__", repr(self.solver))
-        return f"solver={name}, alpha={self.alpha:g}, tol={self.tol:g}, max_iter={self.max_iter}"
+        return (f"nonlinearity={self.nonlinearity!r}, m={self.linear.m:g}, solver={name}, "
+                f"alpha={self.alpha:g}, tol={self.tol:g}, max_iter={self.max_iter}")
+
+
+def _check_tol(tol: float, name: str) -> float:
+    if isinstance(tol, bool) or not 0 < tol < float("inf"):
+        raise InvalidSettingError(f"{name} must be > 0 and finite, got {tol}")
+    return float(tol)
+
+
+def _check_iterations(n: int, name: str) -> int:
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise InvalidSettingError(f"{name} must be a positive integer, got {n}")
+    return int(n)

@@ -8,15 +8,24 @@ and for logits :math:`h = Hz^\star + c` the margin :math:`h_y - h_j` moves by at
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import MonotoneParametrisation
 from .layer import MonDEQ
 
 
-def lipschitz_bound(layer: MonDEQ | MonotoneParametrisation) -> float:
-    r""":math:`\|U\|_2 / m`, the Lipschitz constant of :math:`x \mapsto z^\star(x)` in ℓ2."""
-    linear = layer.linear if isinstance(layer, MonDEQ) else layer
+def lipschitz_bound(model: nn.Module) -> float:
+    r""":math:`\|U\|_2 / m`, the Lipschitz constant of :math:`x \mapsto z^\star(x)` in ℓ2.
+
+    Args:
+        model: a :class:`~mondeq.layer.MonDEQ`, its parametrisation, or a classifier holding
+            one as ``.layer`` (:class:`~mondeq.models.MonDEQClassifier`).
+    """
+    linear = model.layer if isinstance(getattr(model, "layer", None), MonDEQ) else model
+    linear = linear.linear if isinstance(linear, MonDEQ) else linear
+    if not isinstance(linear, MonotoneParametrisation):
+        raise TypeError(f"lipschitz_bound needs a MonDEQ, a MonotoneParametrisation or a classifier "
+                        f"whose .layer is a MonDEQ, got {type(model).__name__}")
     with torch.no_grad():
         return float(linear.input_norm()) / linear.m
 

@@ -13,14 +13,22 @@ from .dense import MonotoneLinear
 from .layer import MonDEQ
 
 
+class NonAffineReadoutError(TypeError):
+    """Certificates and Lipschitz margins need ``logits = H z + c``; the readout or head of this
+    classifier is not known to be affine."""
+
+
 class MonDEQClassifier(nn.Module):
     """``logits = head(readout(z*(x)))``.
 
     Args:
         layer: the implicit layer.
-        head: the final linear layer.
-        readout: an affine, parameter-free map from the equilibrium state to the head's input
-            (default: concatenate the flattened tiers). Average pooling qualifies.
+        head: the final linear layer (an ``nn.Linear``, or a module declaring ``affine = True``).
+        readout: a map from the equilibrium state to the head's input (default: concatenate the
+            flattened tiers). Certificates (:func:`mondeq.certify`) need it affine and
+            parameter-free and accept only modules that declare the class attribute
+            ``affine = True`` (:class:`FlattenState`, :class:`AvgPoolState` do); any module works
+            for plain training.
     """
 
     def __init__(self, layer: MonDEQ, head: nn.Linear, readout: nn.Module | None = None) -> None:
@@ -47,7 +55,11 @@ class MonDEQClassifier(nn.Module):
         r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
 
         Readout and head are affine, so :math:`H` is the Jacobian at any point (taken at zero).
+
+        Raises:
+            NonAffineReadoutError: the readout or the head does not declare itself affine.
         """
+        self.check_affine()
         op = self.layer.linear.operator()
         zero = tuple(t.detach() for t in op.zeros(1))
 
@@ -59,8 +71,21 @@ class MonDEQClassifier(nn.Module):
         return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1).detach()
 
 
+    def check_affine(self) -> None:
+        """Raise :class:`NonAffineReadoutError` unless readout and head are known to be affine."""
+        for name, module in (("readout", self.readout), ("head", self.head)):
+            if not (getattr(module, "affine", False) or (name == "head" and type(module) is nn.Linear)):
+                raise NonAffineReadoutError(
+                    f"the classifier's {name} {type(module).__name__} is not known to be affine, so "
+                    f"logits = H z + c does not hold and Lipschitz certificates would be unsound; use "
+                    f"an affine, parameter-free readout (FlattenState, AvgPoolState) and an nn.Linear "
+                    f"head, or declare `affine = True` on a module that truly is affine")
+
+
 class FlattenState(nn.Module):
     """Concatenate the flattened tiers of a state into one (batch, n) matrix."""
+
+    affine = True
 
     def forward(self, z: State) -> Tensor:
         return torch.cat([t.reshape(t.shape[0], -1) for t in z], dim=1)
@@ -73,6 +98,8 @@ class AvgPoolState(nn.Module):
         pool: square pooling window and stride; trailing rows/columns that do not fill a window
             are dropped (``avg_pool2d`` semantics).
     """
+
+    affine = True
 
     def __init__(self, pool: int) -> None:
         super().__init__()

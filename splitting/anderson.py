@@ -28,19 +28,18 @@ Gram update, a ``memory``-sized solve and two small batched products.
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 from torch import Tensor
 
-from .errors import InvalidSettingError, StepSizeWarning
-from .forward_backward import ALPHA_CHECKS, max_stable_alpha
-from .loop import check_settings, initial_state, iterate
+from .errors import InvalidSettingError
+from .forward_backward import ALPHA_CHECKS, check_step_size
+from .loop import check_settings, initial_state, iterate, relative_residual
 from .operator import LinearOperator, Resolvent, check_alpha
-from .peaceman_rachford import reflected_resolvent_step
+from .peaceman_rachford import rachford_step
 from .prox import Prox
 from .result import SolverResult
-from .state import State, relative_change, roundoff_floor, tmap
+from .state import State, tmap
 
 BASES = ("fb", "pr")
 
@@ -54,14 +53,13 @@ def anderson(
     tol: float = 1e-3,
     max_iter: int = 100,
     z0: State | None = None,
-    residual: str = "step",
     resolvent: Resolvent | None = None,
     base: str = "pr",
     memory: int = 5,
     regularisation: float = 1e-8,
     mixing: float = 1.0,
     safeguard: bool = True,
-    check_step: str = "warn",
+    check_step: str = "on_failure",
     mask: bool = False,
 ) -> SolverResult:
     """Solve for the equilibrium by Anderson-accelerated FB or PR.
@@ -71,11 +69,9 @@ def anderson(
         prox: the nonlinearity σ = prox_f.
         bias: Ux + b as a state, batch first.
         alpha: the base method's step size (PR: any α > 0; FB: 0 < α < 2m/L²).
-        tol: stop when every sample's relative residual is ≤ tol.
+        tol: converged means every sample's true relative residual ‖z − σ(Wz + b)‖/‖z‖ ≤ tol.
         max_iter: iteration cap (one application of the base map per iteration).
         z0: optional warm start.
-        residual: ``"step"`` (relative change a plain step makes at the current point, in z) or
-            ``"fixed_point"`` (true residual).
         resolvent: PR only: a factorisation of ``op`` for this α to reuse.
         base: ``"pr"`` (Peaceman-Rachford, the default) or ``"fb"`` (forward-backward).
         memory: number of past pairs kept, ≥ 1 (1 = the plain base method).
@@ -90,7 +86,7 @@ def anderson(
     """
     start = time.perf_counter()
     alpha = check_alpha(alpha)
-    check_settings(op, bias, tol=tol, max_iter=max_iter, residual=residual, z0=z0)
+    check_settings(op, bias, tol=tol, max_iter=max_iter, z0=z0)
     if base not in BASES:
         raise InvalidSettingError(f"base must be one of {BASES}, got {base!r}")
     if int(memory) != memory or memory < 1:
@@ -104,12 +100,12 @@ def anderson(
     z = initial_state(op, bias, z0)
     like = z
     if base == "fb":
-        _check_fb_step(op, alpha, check_step)
+        check_step_size(op, alpha, check_step, method="Anderson-accelerated forward-backward")
         fmap = _FlatMap(_fb_map(op, prox, bias, alpha), like)
     else:
         if resolvent is None:
             resolvent = op.resolvent(alpha)
-        fmap = _FlatMap(_pr_map(op, prox, bias, alpha, resolvent), like)
+        fmap = _FlatMap(_pr_map(prox, bias, alpha, resolvent), like)
     x0 = _flatten(z)
     memory = int(memory)
     batch, n = x0.shape
@@ -119,7 +115,6 @@ def anderson(
     valid = torch.zeros(batch, memory, dtype=torch.bool, device=x0.device)
     eye = torch.eye(memory, dtype=x0.dtype, device=x0.device)
     tiny = torch.finfo(x0.dtype).tiny  # keeps the column scaling finite at g = 0
-    floor = roundoff_floor(bias)  # as the loop's own step residual: z ≈ 0 counts as solved
     book = {"k": 0, "plain": torch.ones(batch, dtype=torch.bool, device=x0.device)}
 
     def accelerated() -> Tensor:
@@ -139,10 +134,13 @@ def anderson(
         return (gamma * hist_step).sum(dim=1)
 
     def step(carry):
-        f, r, zx = carry  # image of the accepted point, its residual norm, its state
+        # image of the last accepted point, the norm of its map residual, the candidate state of
+        # the last accepted evaluation and that state's residual (a rejected extrapolation, NaN
+        # included, is neither a solution nor divergence)
+        f, r, z_acc, res_acc = carry
         k, plain = book["k"], book["plain"]
         y = f if k == 0 else torch.where(plain.unsqueeze(1), f, accelerated())
-        fy, zy = fmap(y)
+        fy, candidate, residual = fmap(y)
         gy = fy - y
         ry = torch.linalg.vector_norm(gy, dim=1)
         accept = plain | (ry <= r) if safeguard else torch.ones_like(plain)
@@ -158,16 +156,19 @@ def anderson(
         book["k"], book["plain"] = k + 1, ~accept
         f = torch.where(keep, fy, f)
         r = torch.where(accept, ry, r)
-        zx = torch.where(keep, zy, zx)
-        zf = fmap.output(f)
-        change = relative_change((zf,), (zx,), floor=floor)
-        return (f, r, zx), _unflatten(zf, like), change
+        z_acc = torch.where(keep, _flatten(candidate), z_acc)
+        res_acc = torch.where(accept, residual, res_acc)
+        return (f, r, z_acc, res_acc), _unflatten(z_acc, like), res_acc
 
     inf = torch.full((batch,), float("inf"), dtype=x0.dtype, device=x0.device)
-    carry = (x0, inf, fmap.output(x0))  # f = x0 makes the first evaluation T(x0)
-    return iterate(step, carry, z, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
-                   residual=residual, start=start, resolvent=resolvent if base == "pr" else None,
-                   mask=mask, step_residual=True)
+    carry = (x0, inf, _flatten(z), inf)  # f = x0 makes the first evaluation T(x0)
+    result = iterate(step, carry, op=op, prox=prox, bias=bias, tol=tol, max_iter=max_iter,
+                     start=start, resolvent=resolvent if base == "pr" else None,
+                     exact=base == "fb", mask=mask)
+    if base == "fb":
+        check_step_size(op, alpha, check_step, method="Anderson-accelerated forward-backward",
+                        converged=result.converged)
+    return result
 
 
 def anderson_pr(op: LinearOperator, prox: Prox, bias: State, **options) -> SolverResult:
@@ -180,56 +181,41 @@ def anderson_fb(op: LinearOperator, prox: Prox, bias: State, **options) -> Solve
     return anderson(op, prox, bias, base="fb", **options)
 
 
-def _check_fb_step(op: LinearOperator, alpha: float, check_step: str) -> None:
-    if check_step == "ignore":
-        return
-    limit = max_stable_alpha(op)
-    if alpha >= limit:
-        message = (f"Anderson-accelerated forward-backward step alpha={alpha:g} is outside the "
-                   f"convergent range 0 < alpha < 2m/L^2 = {limit:.4g}; use a smaller alpha or "
-                   f"base='pr', which converges for any alpha")
-        if check_step == "raise":
-            raise InvalidSettingError(message)
-        warnings.warn(message, StepSizeWarning, stacklevel=3)
-
-
 def _fb_map(op: LinearOperator, prox: Prox, bias: State, alpha: float):
-    """FB's map on z and the state it stands for: ``z -> (prox_{αf}((1-α)z + α(Wz + b)), z)``."""
+    """FB's map on z: ``z -> (prox_{αf}((1-α)z + α(Wz + b)), z, r(z))``; r(z) is exact (it uses
+    the Wz + b the step evaluates anyway)."""
 
-    def apply(z: State) -> tuple[State, State]:
-        v = tmap(lambda zi, wi, bi: (1 - alpha) * zi + alpha * (wi + bi), z, op.mv(z), bias)
-        return prox.apply(v, alpha), z
+    def apply(z: State) -> tuple[State, State, Tensor]:
+        v = tmap(torch.add, op.mv(z), bias)
+        image = prox.apply(tmap(lambda zi, vi: torch.lerp(zi, vi, alpha), z, v), alpha)
+        return image, z, relative_residual(z, prox.apply(v))
 
-    return apply, (lambda z: z)
+    return apply
 
 
-def _pr_map(op: LinearOperator, prox: Prox, bias: State, alpha: float, resolvent: Resolvent):
-    """PR's map on u and the state it stands for, ``z = prox_{αf}(u)``."""
+def _pr_map(prox: Prox, bias: State, alpha: float, resolvent: Resolvent):
+    """PR's map on u, with the state of its image, ``prox_{αf}(T(u))``, as the candidate and
+    the estimate of its residual from :func:`~splitting.peaceman_rachford.rachford_step`."""
     scaled_bias = tuple(alpha * b for b in bias)
 
-    def output(u: State) -> State:
-        return prox.apply(u, alpha)
+    def apply(u: State) -> tuple[State, State, Tensor]:
+        image, estimate = rachford_step(resolvent, prox, prox.apply(u, alpha), u, scaled_bias)
+        return image, prox.apply(image, alpha), estimate
 
-    def apply(u: State) -> tuple[State, State]:
-        z = output(u)
-        return reflected_resolvent_step(resolvent, z, u, scaled_bias), z
-
-    return apply, output
+    return apply
 
 
 class _FlatMap:
-    """A map on states seen on flattened (batch, n) tensors, Anderson's working space."""
+    """A map on states seen on flattened (batch, n) tensors, Anderson's working space; the
+    candidate state and its residual pass through as they are."""
 
-    def __init__(self, maps, like: State) -> None:
-        self._apply, self._output = maps
+    def __init__(self, apply, like: State) -> None:
+        self._apply = apply
         self._like = like
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        fx, zx = self._apply(_unflatten(x, self._like))
-        return _flatten(fx), _flatten(zx)
-
-    def output(self, x: Tensor) -> Tensor:
-        return _flatten(self._output(_unflatten(x, self._like)))
+    def __call__(self, x: Tensor) -> tuple[Tensor, State, Tensor]:
+        image, candidate, residual = self._apply(_unflatten(x, self._like))
+        return _flatten(image), candidate, residual
 
 
 def _flatten(z: State) -> Tensor:

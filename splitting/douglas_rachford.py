@@ -30,7 +30,6 @@ def douglas_rachford(
     tol: float = 1e-3,
     max_iter: int = 100,
     z0: State | None = None,
-    residual: str = "step",
     resolvent: Resolvent | None = None,
     mask: bool = False,
 ) -> SolverResult:
@@ -40,5 +39,4 @@ def douglas_rachford(
     Arguments and result as in :func:`~splitting.peaceman_rachford.peaceman_rachford`.
     """
     return relaxed_peaceman_rachford(op, prox, bias, relaxation=0.5, alpha=alpha, tol=tol,
-                                     max_iter=max_iter, z0=z0, residual=residual,
-                                     resolvent=resolvent, mask=mask)
+                                     max_iter=max_iter, z0=z0, resolvent=resolvent, mask=mask)

@@ -20,3 +20,8 @@ class StepSizeWarning(UserWarning):
 
 class ConvergenceWarning(UserWarning):
     """A solver stopped at max_iter before its residual reached tol."""
+
+
+class UnsupportedDerivativeError(RuntimeError):
+    """A derivative autograd asked for that an equilibrium cannot give exactly (second order,
+    vmap-based transforms); raised instead of returning a silently wrong value."""

@@ -15,16 +15,28 @@ and x. :math:`u` solves the monotone inclusion :math:`0 \in (I - W^\top)u - \bar
 :math:`D = J^{-1} - I`, by the same splitting method on :math:`W^\top`, reusing the forward
 resolvent transposed. Memory is that of one layer application, whatever the iteration count,
 and the backward pass costs the solve plus the parameter gradients of one application of W.
+
+Forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``) is exact in the same way: the
+tangent :math:`\dot z = (I - JW)^{-1}J\dot v` solves :math:`\dot z = J(W\dot z + \dot v)`, the
+equilibrium of a layer with nonlinearity :math:`J` and bias :math:`\dot v`, by the same method and
+the forward resolvent. Second-order derivatives (double backward, ``hvp``) and vmap-based
+transforms (``jacrev``, ``jacfwd``) raise :class:`~splitting.errors.UnsupportedDerivativeError`;
+``torch.autograd.functional.jacobian`` (one backward per output) is exact.
+
+Under ``torch.autocast`` the solve, the resolvent and the differentiable application run in the
+operator's dtype (float32 or float64): the bias is cast up, autocast is off inside.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch import Tensor
 
-from .errors import ConvergenceWarning
+from .errors import ConvergenceWarning, UnsupportedDerivativeError
 from .operator import LinearOperator
 from .prox import DiagonalQuadratic, Prox
 from .result import SolverResult
@@ -35,42 +47,91 @@ Solver = Callable[..., SolverResult]
 
 @dataclass
 class EquilibriumStats:
-    """Solver results of one equilibrium call; ``backward`` is filled when gradients flow."""
+    """Solver results of one equilibrium call; ``backward`` is filled when gradients flow
+    (and ``tangent`` when a forward-mode derivative is taken)."""
 
     forward: SolverResult
     backward: SolverResult | None = None
+    tangent: SolverResult | None = None
 
 
 @dataclass
-class _BackwardProblem:
+class _Problem:
+    """What the derivative solves need: the operator, the pre-activation at the solution, the
+    forward result (its resolvent) and the solver settings."""
+
     op: LinearOperator
-    jacobian: State
+    prox: Prox
+    pre_activation: State
     forward: SolverResult
     solver: Solver
     alpha: float
     tol: float
     max_iter: int
     stats: EquilibriumStats
+    _jacobian: State | None = field(default=None, repr=False)
+
+    @property
+    def jacobian(self) -> State:
+        r""":math:`J = \sigma'(v)` at the solution's pre-activation (computed once)."""
+        if self._jacobian is None:
+            self._jacobian = tuple(self.prox.derivative(t) for t in self.pre_activation)
+        return self._jacobian
+
+    def solve(self, op: LinearOperator, rhs: State, resolvent) -> SolverResult:
+        return self.solver(op, DiagonalQuadratic(self.jacobian), rhs, alpha=self.alpha,
+                           tol=self.tol, max_iter=self.max_iter, resolvent=resolvent)
 
 
 class _ImplicitNonlinearity(torch.autograd.Function):
-    r""":math:`z = \sigma(v)` whose backward returns the implicit gradient :math:`u` for :math:`v`."""
+    r""":math:`z = \sigma(v)` whose derivatives are those of the equilibrium: the backward returns
+    :math:`u = (I - JW^\top)^{-1}J\bar g` for :math:`v`, the forward-mode rule returns
+    :math:`(I - JW)^{-1}J\dot v`."""
 
     @staticmethod
-    def forward(ctx, problem: _BackwardProblem, prox: Prox, *v: torch.Tensor):  # type: ignore[override]
-        ctx.problem = problem
+    def forward(problem: _Problem, prox: Prox, *v: Tensor):  # type: ignore[override]
         return prox.apply(v)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
-        p: _BackwardProblem = ctx.problem
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.problem = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise UnsupportedDerivativeError(
+                "second-order derivatives (create_graph=True, double backward, hvp) through a "
+                "monDEQ equilibrium are not implemented; take first-order gradients only, or "
+                "differentiate finite differences of gradients")
+        _refuse_batched(grads, "reverse")
+        p: _Problem = ctx.problem
         resolvent = p.forward.resolvent.transpose() if p.forward.resolvent is not None else None
-        result = p.solver(p.op.transpose(), DiagonalQuadratic(p.jacobian), grads,
-                          alpha=p.alpha, tol=p.tol, max_iter=p.max_iter, resolvent=resolvent)
+        grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, p.pre_activation))
+        result = p.solve(p.op.transpose(), grads, resolvent)
         _warn_if_unconverged(result, "backward")
         p.stats.backward = result
         return (None, None, *result.z)
+
+    @staticmethod
+    def jvp(ctx, _problem_tangent, _prox_tangent, *tangents: Tensor):  # type: ignore[override]
+        _refuse_batched(tangents, "forward")
+        p: _Problem = ctx.problem
+        tangents = tuple(torch.zeros_like(t) if d is None else d for d, t in zip(tangents, p.pre_activation))
+        result = p.solve(p.op, tangents, p.forward.resolvent)
+        _warn_if_unconverged(result, "forward-mode tangent")
+        p.stats.tangent = result
+        return tuple(result.z)
+
+
+def _refuse_batched(tensors, mode: str) -> None:
+    """vmap (jacrev, jacfwd, vmap over grad) would run the solver's data-dependent stopping
+    test on batched tensors; refuse it clearly instead of failing deep inside."""
+    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
+    if is_batched is not None and any(t is not None and is_batched(t) for t in tensors):
+        raise UnsupportedDerivativeError(
+            f"{mode}-mode derivatives of a monDEQ equilibrium under vmap (torch.func.jacrev, "
+            "jacfwd, vmap) are not supported: the solver decides when to stop per batch; use "
+            "torch.autograd.functional.jacobian or loop over torch.func.jvp / vjp instead")
 
 
 def equilibrium(
@@ -91,38 +152,49 @@ def equilibrium(
     Args:
         op: the operator W; its ``mv`` must be differentiable in W's parameters.
         prox: the nonlinearity σ.
-        bias: Ux + b as a state (differentiable).
+        bias: Ux + b as a state (differentiable); cast to the operator's dtype.
         solver: a splitting method with the shared signature (e.g. ``peaceman_rachford``);
             use ``functools.partial`` to fix extra options.
         alpha, tol, max_iter, z0: forward solver settings.
-        backward_tol, backward_max_iter: backward solver settings (default: the forward ones).
+        backward_tol, backward_max_iter: settings of the backward (and forward-mode tangent)
+            solves (default: the forward ones).
 
     Returns:
         ``(z, stats)``: the state after one differentiable application of the layer at the
         solution, and the forward (and, after ``backward()``, backward) solver results.
     """
-    with torch.no_grad():
-        result = solver(op, prox, tuple(b.detach() for b in bias), alpha=alpha, tol=tol,
-                        max_iter=max_iter, z0=z0)
-    _warn_if_unconverged(result, "forward")
-    stats = EquilibriumStats(forward=result)
-    v = tmap(torch.add, op.mv(result.z), bias)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in v)):
-        return prox.apply(v), stats
-    with torch.no_grad():
-        jacobian = tuple(prox.derivative(t.detach()) for t in v)
-    problem = _BackwardProblem(op=op, jacobian=jacobian, forward=result, solver=solver, alpha=alpha,
-                               tol=tol if backward_tol is None else backward_tol,
-                               max_iter=max_iter if backward_max_iter is None else backward_max_iter,
-                               stats=stats)
-    return tuple(_ImplicitNonlinearity.apply(problem, prox, *v)), stats
+    device_type = bias[0].device.type
+    autocast_off = (torch.autocast(device_type, enabled=False)
+                    if torch.is_autocast_enabled(device_type) else contextlib.nullcontext())
+    with autocast_off:
+        bias = tuple(b if b.dtype == op.dtype else b.to(op.dtype) for b in bias)
+        with torch.no_grad():
+            result = solver(op, prox, tuple(b.detach() for b in bias), alpha=alpha, tol=tol,
+                            max_iter=max_iter, z0=z0)
+        _warn_if_unconverged(result, "forward")
+        stats = EquilibriumStats(forward=result)
+        v = tmap(torch.add, op.mv(result.z), bias)
+        if torch.is_inference_mode_enabled():
+            return prox.apply(v), stats
+        problem = _Problem(op=op, prox=prox, pre_activation=tuple(t.detach() for t in v),
+                           forward=result, solver=solver, alpha=alpha,
+                           tol=tol if backward_tol is None else backward_tol,
+                           max_iter=max_iter if backward_max_iter is None else backward_max_iter,
+                           stats=stats)
+        return tuple(_ImplicitNonlinearity.apply(problem, prox, *v)), stats
 
 
 def _warn_if_unconverged(result: SolverResult, which: str) -> None:
-    if not result.converged:
-        warnings.warn(
-            f"{which} solve stopped after {result.iterations} iterations with relative residual "
-            f"{result.max_residual:.3g} above tol; raise max_iter, loosen tol or tune alpha",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+    if result.converged:
+        return
+    worst = result.true_residual.max()
+    finite = all(bool(torch.isfinite(t).all()) for t in result.z) and not bool(torch.isnan(worst))
+    if not finite:
+        message = (f"{which} solve produced non-finite values (NaN or inf) after "
+                   f"{result.iterations} iterations: an input, a parameter or the incoming "
+                   f"gradient is not finite, or the method diverged (forward-backward with too "
+                   f"large an alpha); the result is not an equilibrium")
+    else:
+        message = (f"{which} solve stopped after {result.iterations} iterations with true relative "
+                   f"residual {float(worst):.3g} above tol; raise max_iter, loosen tol or tune alpha")
+    warnings.warn(message, ConvergenceWarning, stacklevel=3)

@@ -143,9 +143,16 @@ class TransposedOperator(LinearOperator):
 
 def check_alpha(alpha: float) -> float:
     """Validate a step size; returns it as a float."""
-    if not alpha > 0:
-        raise InvalidSettingError(f"step size alpha must be > 0, got {alpha}")
+    if isinstance(alpha, bool) or not 0 < alpha < float("inf"):
+        raise InvalidSettingError(f"step size alpha must be > 0 and finite, got {alpha}")
     return float(alpha)
+
+
+def check_margin(m: float) -> float:
+    """Validate a monotonicity margin (0 < m < ∞); returns it as a float."""
+    if isinstance(m, bool) or not 0 < m < float("inf"):
+        raise InvalidSettingError(f"monotonicity margin m must be > 0 and finite, got {m}")
+    return float(m)
 
 
 class DenseResolvent(Resolvent):
@@ -180,8 +187,7 @@ class DenseOperator(LinearOperator):
     def __init__(self, weight: Tensor, m: float) -> None:
         if weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
             raise InvalidSettingError(f"weight must be a square matrix, got shape {tuple(weight.shape)}")
-        if not m > 0:
-            raise InvalidSettingError(f"monotonicity margin m must be > 0, got {m}")
+        check_margin(m)
         self.weight = weight
         self.m = float(m)
         self.state_shape = ((weight.shape[0],),)

@@ -11,23 +11,29 @@ from .operator import Resolvent
 from .state import State
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SolverResult:
     """What a solve produced and what it cost.
 
     Attributes:
         z: the equilibrium estimate, a state (tuple of tensors, batch first).
-        iterations: number of iterations run.
-        residuals: per-sample relative residual after each iteration, shape (iterations, batch).
-        converged: whether every sample's residual reached ``tol``.
+        iterations: iterations run up to the one whose state is returned (the first at which
+            every sample met ``tol``, for a converged solve).
+        residuals: per-sample relative residual of each iteration's candidate state, shape
+            (iterations, batch): exact for forward-backward, an estimate for the other methods
+            (see :mod:`splitting.loop`).
+        converged: every sample's TRUE relative fixed-point residual
+            ‖z − σ(Wz + b)‖/‖z‖ is ≤ ``tol`` (checked directly on the returned ``z``).
         time: wall-clock seconds spent in the solve (including the factorisation).
-        true_residual: per-sample ‖z − σ(Wz + Ux + b)‖ / ‖z‖ of the returned z, shape (batch,);
-            computed on first access (one more application of W), by ``residual_fn``.
+        true_residual: per-sample ‖z − σ(Wz + b)‖/‖z‖ of the returned z, shape (batch,); known
+            already for a converged solve, otherwise computed on first access (one more
+            application of W) by ``residual_fn``.
         resolvent: the factorisation used (``None`` for methods that need none); the implicit
             backward pass reuses it transposed.
-        sample_iterations: per-sample iteration at which that sample's residual first reached
-            ``tol`` (``iterations`` for samples that never did), int64, shape (batch,). With
-            ``mask=True`` a sample stops changing from that iteration on.
+        sample_iterations: per-sample iteration from which that sample met the stopping test
+            (``iterations`` for samples that never did), int64, shape (batch,). With
+            ``mask=True`` a sample stops changing from that iteration on, and each sample's
+            count and state are those it would get solved alone.
     """
 
     z: State
@@ -35,9 +41,9 @@ class SolverResult:
     residuals: Tensor
     converged: bool
     time: float
-    residual_fn: Callable[[], Tensor] = field(repr=False, compare=False)
-    resolvent: Resolvent | None = field(default=None, repr=False)
-    sample_iterations: Tensor | None = field(default=None, repr=False)
+    residual_fn: Callable[[], Tensor] = field(compare=False)
+    resolvent: Resolvent | None = None
+    sample_iterations: Tensor | None = None
 
     @cached_property
     def true_residual(self) -> Tensor:
@@ -46,5 +52,10 @@ class SolverResult:
 
     @property
     def max_residual(self) -> float:
-        """Largest per-sample residual at the last iteration."""
-        return float(self.residuals[-1].max()) if self.iterations else float("inf")
+        """Largest per-sample true residual of the returned state (inf for an empty trace)."""
+        return float(self.true_residual.max()) if self.iterations else float("inf")
+
+    def __repr__(self) -> str:
+        shapes = ", ".join("×".join(map(str, t.shape)) for t in self.z)
+        return (f"SolverResult(z=({shapes}), iterations={self.iterations}, "
+                f"converged={self.converged}, time={self.time:.4g}s)")

@@ -35,24 +35,6 @@ def batch_dot(a: State, b: State) -> Tensor:
     return sum((x.reshape(x.shape[0], -1) * y.reshape(y.shape[0], -1)).sum(dim=1) for x, y in zip(a, b))
 
 
-def relative_change(new: State, old: State, eps: float = 1e-12, floor: Tensor | None = None) -> Tensor:
-    """Per-sample ‖new − old‖ / (‖new‖ + eps), shape (batch,).
-
-    Samples with ‖new‖ ≤ ``floor`` (per sample) count as 0: an iterate at round-off size relative
-    to the data is the zero solution, and no relative criterion could ever accept it otherwise.
-    """
-    diff = batch_norm(tuple(a - b for a, b in zip(new, old)))
-    size = batch_norm(new)
-    res = diff / (size + eps)
-    return res if floor is None else res.masked_fill_(size <= floor, 0.0)
-
-
-def roundoff_floor(data: State) -> Tensor:
-    """Per-sample size below which a solution of a problem with data ``data`` is round-off:
-    64 machine epsilons times ‖data‖."""
-    return batch_norm(data) * (64 * torch.finfo(data[0].dtype).eps)
-
-
 def zeros_like_state(z: State) -> State:
     """A state of zeros with the shapes, dtype and device of ``z``."""
     return tuple(torch.zeros_like(t) for t in z)

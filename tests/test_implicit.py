@@ -126,14 +126,16 @@ class _CountingOperator(DenseOperator):
         return super().rmv(z)
 
 
-def test_peaceman_rachford_step_applies_w_once_and_never_its_transpose():
-    """Forward and backward iterate with the resolvent only: one differentiable application of W
-    per training step, and none of Wᵀ (the implicit node hands u to v directly)."""
+def test_peaceman_rachford_step_applies_w_only_to_confirm_and_once_with_a_graph():
+    """Forward and backward iterate with the resolvent only: W (Wᵀ) is applied once per
+    confirmation of a proposed stop (a handful per solve, not one per iteration) plus one
+    differentiable application of W per training step; the implicit node hands u to v directly."""
     x, U, b, F, G = random_params()
     op = _CountingOperator(dense_weight(F, G, M), M)
     z, stats = equilibrium(op, ReLU(), (x @ U.T + b,), solver=peaceman_rachford, alpha=1.0,
                            tol=1e-10, max_iter=500)
     z[0].square().sum().backward()
     assert stats.backward is not None and stats.backward.converged
-    assert op.calls == {"mv": 1, "rmv": 0}
+    assert stats.forward.iterations > 10 and stats.backward.iterations > 10
+    assert 2 <= op.calls["mv"] <= 1 + 3 and 1 <= op.calls["rmv"] <= 3, op.calls
     assert F.grad is not None and torch.isfinite(F.grad).all()

@@ -41,7 +41,7 @@ def test_true_fixed_point_residual_below_tol(solver, prox):
     op, bias = problem()
     alpha = 0.9 * max_stable_alpha(op) if solver is forward_backward else 1.0
     tol = 1e-6
-    result = solver(op, prox, bias, alpha=alpha, tol=tol, max_iter=20_000, residual="fixed_point")
+    result = solver(op, prox, bias, alpha=alpha, tol=tol, max_iter=20_000, )
     assert result.converged
     z = result.z[0]
     direct = (z - prox(z @ op.as_matrix().T + bias[0])).norm(dim=1) / z.norm(dim=1)
