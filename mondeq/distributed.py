@@ -159,6 +159,12 @@ def rank_batches(order: Tensor, batch_size: int, info: DistInfo) -> list[Tensor]
     global batch with fewer than ``world_size`` samples would leave some rank empty, so it is
     dropped on every rank (the single-process run, ``world_size = 1``, never drops anything).
 
+    DDP averages the ranks' gradients with equal weights. With a mean loss per rank, the step
+    equals the single-process step exactly when every share of the batch has the same size, i.e.
+    when ``world_size`` divides the batch; otherwise the samples of the smaller shares weigh
+    slightly more (1/(world_size·share) instead of 1/batch). MNIST's 60 000 images in batches of
+    128 (last batch 96) are split evenly by 1, 2, 4, 8, 16 or 32 processes.
+
     Args:
         order: the epoch's global order (e.g. :func:`epoch_order`), 1-D.
         batch_size: the GLOBAL batch size (summed over ranks), ≥ world_size.
