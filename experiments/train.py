@@ -84,7 +84,7 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     channels = tuple(args.channels or DEFAULT_CHANNELS[args.model][args.dataset])
     if args.model == "conv":
         if len(channels) != 1:
-            raise SystemExit(f"--model conv takes one --channels value, got {list(channels)}")
+            raise SystemExit(f"--channels: --model conv takes one value, got {list(channels)}")
         return single_conv_mondeq(spec.in_channels, spec.image_size, channels[0], spec.num_classes, **settings)
     return multitier_conv_mondeq(spec.in_channels, spec.image_size, channels, spec.num_classes, **settings)
 
@@ -175,7 +175,7 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.channels is not None and min(args.channels) < 1:
         p.error(f"--channels must be ≥ 1, got {args.channels}")
     if args.model == "conv" and args.channels is not None and len(args.channels) != 1:
-        p.error(f"--model conv takes one --channels value, got {args.channels}")
+        p.error(f"--channels: --model conv takes one value, got {args.channels}")
     if args.milestones is not None and (min(args.milestones) < 1 or args.milestones != sorted(args.milestones)):
         p.error(f"--milestones must be increasing epochs ≥ 1, got {args.milestones}")
     if not 0 < args.gamma <= 1:
@@ -186,6 +186,13 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--certified-warmup and --certified-ramp must be in [0, 1]")
     if args.lipschitz_penalty < 0:
         p.error("--lipschitz-penalty must be ≥ 0")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            p.error(f"--device {args.device} is not a device; use cpu, cuda or cuda:K")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
 
 
 def explicit_options(argv: list[str] | None) -> set[str]:
@@ -304,7 +311,7 @@ class Run:
         self.args, self.info, self.device = args, info, device
         spec = DATASETS[args.dataset]
         torch.manual_seed(args.seed)
-        self.model = build_model(args).to(device)
+        self.model = build_model(args).to(device=device, dtype=torch.float32)
         self.train_data, self.test_data, self.test_size = load_data(args, info, device)
         self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
         total = self.steps * args.epochs
