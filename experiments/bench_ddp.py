@@ -6,10 +6,10 @@ and trains the paper's MNIST monDEQ (FC: 87 hidden units; conv: 54 channels) wit
 global batch (default 128, split evenly over the processes), Adam, Peaceman-Rachford α = 1,
 tol 1e-2. Throughput is ``global batch × timed steps / wall time`` of the timed steps (after
 warm-up, between barriers), so it includes the gradient allreduce and every wait for the slowest
-rank. All configurations run in one invocation, one after the other, so they share the machine's
-conditions.
+rank. All configurations run in one invocation, interleaved ``--repeats`` times, so they share
+the machine's conditions; the best and the median run of each are printed.
 
-    python experiments/bench_ddp.py --device cpu --nproc 1 2 --steps 60
+    python experiments/bench_ddp.py --device cpu --nproc 1 2 --steps 200 --repeats 3
     python experiments/bench_ddp.py --model conv --steps 10
 """
 from __future__ import annotations
@@ -93,22 +93,29 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128, help="GLOBAL batch, split over processes")
     p.add_argument("--steps", type=int, default=60, help="timed steps")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the --nproc list this many times, interleaved (a shared machine is noisy)")
     p.add_argument("--threads", type=int, default=1, help="threads per process (0: torch's default)")
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads or os.cpu_count())
     print(f"model={args.model} device={args.device} global batch={args.batch_size} "
           f"threads/process={args.threads} timed steps={args.steps} (cpus: {os.cpu_count()})")
-    base = None
+    results: dict[int, list[tuple[float, float, float]]] = {n: [] for n in args.nproc}
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc in args.nproc:
-            out = os.path.join(tmp, f"n{nproc}.txt")
-            mp.spawn(_worker, args=(nproc, _free_port(), args, out), nprocs=nproc, join=True)
-            elapsed, median, iterations = map(float, Path(out).read_text().split())
-            throughput = args.batch_size * args.steps / elapsed
-            base = base or throughput
-            print(f"nproc={nproc}: {throughput:8.1f} images/s  (median step {1000 * median:.1f} ms, "
-                  f"mean forward iterations {iterations:.1f}, speed-up {throughput / base:.2f}×)")
-
+        for repeat in range(args.repeats):
+            for nproc in args.nproc:
+                out = os.path.join(tmp, f"n{nproc}.txt")
+                mp.spawn(_worker, args=(nproc, _free_port(), args, out), nprocs=nproc, join=True)
+                elapsed, median, iterations = map(float, Path(out).read_text().split())
+                results[nproc].append((args.batch_size * args.steps / elapsed, median, iterations))
+                print(f"  run {repeat + 1} nproc={nproc}: {results[nproc][-1][0]:8.1f} images/s", flush=True)
+    base = max(r[0] for r in results[args.nproc[0]])
+    for nproc, runs in results.items():
+        best = max(r[0] for r in runs)
+        print(f"nproc={nproc}: best {best:8.1f} images/s, median {statistics.median(r[0] for r in runs):8.1f} "
+              f"over {len(runs)} run(s)  (median step {1000 * statistics.median(r[1] for r in runs):.1f} ms, "
+              f"forward iterations {statistics.mean(r[2] for r in runs):.1f}; best vs nproc={args.nproc[0]}: "
+              f"{best / base:.2f}×)")
 
 if __name__ == "__main__":
     main()
