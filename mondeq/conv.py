@@ -40,6 +40,10 @@ class ConvResolvent(Resolvent):
     application into one batched matmul, which is faster here than triangular solves with the LU
     factors from the second application on). The transposed system has the conjugate-transposed
     blocks, so :meth:`solve_t` reuses the same inverse (conjugated once, no second factorisation).
+
+    Attributes:
+        info: the batched inversion's per-block status (0: success), kept on the device and never
+            read during a solve (reading it would sync); no block can be singular (see below).
     """
 
     def __init__(self, system_blocks: Tensor, alpha: float) -> None:

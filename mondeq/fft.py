@@ -199,7 +199,7 @@ def _irfft2_torch(y: Tensor, size: tuple[int, int]) -> Tensor:
     # (B, C, H, W)-contiguous already, so the final ``contiguous`` is a no-op check.
     h, w = size
     nf, b, c = y.shape
-    out = torch.fft.irfft2(y.view(h, nf // h, b, c), s=(h, w), dim=(0, 1))
+    out = torch.fft.irfft2(y.reshape(h, nf // h, b, c), s=(h, w), dim=(0, 1))
     return out.permute(2, 3, 0, 1).contiguous()
 
 
