@@ -180,7 +180,9 @@ def irfft2_blocks(y: Tensor, size: tuple[int, int]) -> Tensor:
     input, which torch's c2r transform does: about 30% slower here). Elsewhere torch's transform
     on the strided view (:func:`_irfft2_torch`).
     """
-    return _irfft2_scipy(y, size) if y.device.type == "cpu" else _irfft2_torch(y, size)
+    # scipy needs real storage: torch.func transforms (jvp, grad) wrap tensors, so they take torch's path
+    plain = y.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(y)
+    return _irfft2_scipy(y, size) if plain else _irfft2_torch(y, size)
 
 
 def _irfft2_scipy(y: Tensor, size: tuple[int, int]) -> Tensor:

@@ -13,6 +13,7 @@ from splitting.operator import check_alpha
 from .base import MonotoneParametrisation
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+_VALIDATED = ("solver", "nonlinearity", "alpha")
 
 
 class MonDEQ(nn.Module):
@@ -53,6 +54,14 @@ class MonDEQ(nn.Module):
         self.backward_tol = None if backward_tol is None else _check_tol(backward_tol, "backward_tol")
         self.backward_max_iter = (None if backward_max_iter is None
                                   else _check_iterations(backward_max_iter, "backward_max_iter"))
+
+    def __setattr__(self, name: str, value) -> None:
+        # nn.Module would register an nn.Module value (nn.Tanh()) as a submodule and skip the
+        # validating property; route the validated settings to their properties
+        if name in _VALIDATED:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def solver(self) -> Callable:

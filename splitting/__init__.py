@@ -6,10 +6,10 @@ Knows nothing about neural-network layers: an operator W (the protocol in
 from .anderson import anderson, anderson_fb, anderson_pr
 from .douglas_rachford import douglas_rachford
 from .errors import (ConvergenceWarning, InvalidSettingError, NonFiniteInputError, StateShapeError,
-                     StepSizeWarning)
+                     StepSizeWarning, UnsupportedDerivativeError)
 from .forward_backward import forward_backward, max_stable_alpha
 from .implicit import EquilibriumStats, equilibrium
-from .loop import natural_residual
+from .loop import natural_residual, relative_residual
 from .operator import DenseOperator, LinearOperator, Resolvent, TransposedOperator
 from .peaceman_rachford import peaceman_rachford
 from .prox import DiagonalQuadratic, Prox, ReLU, SoftThreshold
@@ -26,5 +26,5 @@ __all__ = [
     "SOLVERS", "SoftThreshold", "SolverResult", "State", "StateShapeError", "StepSizeWarning",
     "TransposedOperator", "anderson", "anderson_fb", "anderson_pr", "as_state",
     "douglas_rachford", "equilibrium", "forward_backward", "max_stable_alpha",
-    "natural_residual", "peaceman_rachford",
+    "natural_residual", "peaceman_rachford", "relative_residual", "UnsupportedDerivativeError",
 ]

@@ -78,9 +78,14 @@ class _Problem:
             self._jacobian = tuple(self.prox.derivative(t) for t in self.pre_activation)
         return self._jacobian
 
-    def solve(self, op: LinearOperator, rhs: State, resolvent) -> SolverResult:
-        return self.solver(op, DiagonalQuadratic(self.jacobian), rhs, alpha=self.alpha,
-                           tol=self.tol, max_iter=self.max_iter, resolvent=resolvent)
+    def solve(self, op: LinearOperator, rhs: State, resolvent, *, mode: str) -> SolverResult:
+        try:
+            return self.solver(op, DiagonalQuadratic(self.jacobian), rhs, alpha=self.alpha,
+                               tol=self.tol, max_iter=self.max_iter, resolvent=resolvent)
+        except RuntimeError as error:  # vmap cannot run the solver's data-dependent stopping test
+            if "vmap" in str(error):
+                raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode=mode)) from error
+            raise
 
 
 class _ImplicitNonlinearity(torch.autograd.Function):
@@ -95,32 +100,65 @@ class _ImplicitNonlinearity(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.problem = inputs[0]
+        # kept (not copied) only so that a differentiable backward can anchor its refusal to them
+        ctx.save_for_backward(*inputs[2:])
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise UnsupportedDerivativeError(
-                "second-order derivatives (create_graph=True, double backward, hvp) through a "
-                "monDEQ equilibrium are not implemented; take first-order gradients only, or "
-                "differentiate finite differences of gradients")
         _refuse_batched(grads, "reverse")
         p: _Problem = ctx.problem
         resolvent = p.forward.resolvent.transpose() if p.forward.resolvent is not None else None
-        grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, p.pre_activation))
-        result = p.solve(p.op.transpose(), grads, resolvent)
+        with torch.no_grad():
+            rhs = tuple(torch.zeros_like(t) if g is None else g.detach()
+                        for g, t in zip(grads, p.pre_activation))
+            result = p.solve(p.op.transpose(), rhs, resolvent, mode="reverse")
         _warn_if_unconverged(result, "backward")
         p.stats.backward = result
-        return (None, None, *result.z)
+        u = result.z
+        if torch.is_grad_enabled():  # create_graph=True: u depends on W, J and ḡ in ways not traced
+            u = _RefuseSecondOrder.apply(len(u), *u, *grads, *ctx.saved_tensors)
+        return (None, None, *u)
 
     @staticmethod
     def jvp(ctx, _problem_tangent, _prox_tangent, *tangents: Tensor):  # type: ignore[override]
         _refuse_batched(tangents, "forward")
         p: _Problem = ctx.problem
         tangents = tuple(torch.zeros_like(t) if d is None else d for d, t in zip(tangents, p.pre_activation))
-        result = p.solve(p.op, tangents, p.forward.resolvent)
+        result = p.solve(p.op, tangents, p.forward.resolvent, mode="forward")
         _warn_if_unconverged(result, "forward-mode tangent")
         p.stats.tangent = result
         return tuple(result.z)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode="forward"))
+
+
+class _RefuseSecondOrder(torch.autograd.Function):
+    """Identity on the implicit gradient whose own derivative raises: anchored to everything the
+    gradient depends on (ḡ and the layer's pre-activation), so that double backward and hvp fail
+    loudly instead of silently returning zeros. First-order use under ``create_graph=True``
+    (``torch.func.grad``, ``torch.func.vjp``) is unaffected."""
+
+    @staticmethod
+    def forward(count: int, *tensors: Tensor):  # type: ignore[override]
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        raise UnsupportedDerivativeError(
+            "second-order derivatives (double backward, create_graph=True then grad, hvp) through "
+            "a monDEQ equilibrium are not implemented; first-order gradients and forward-mode "
+            "tangents are exact")
+
+
+VMAP_MESSAGE = ("{mode}-mode derivatives of a monDEQ equilibrium under vmap (torch.func.jacrev, "
+                "jacfwd, vmap) are not supported: the solver decides when to stop per batch; use "
+                "torch.autograd.functional.jacobian or loop over torch.func.jvp / vjp instead")
 
 
 def _refuse_batched(tensors, mode: str) -> None:
@@ -128,10 +166,7 @@ def _refuse_batched(tensors, mode: str) -> None:
     test on batched tensors; refuse it clearly instead of failing deep inside."""
     is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
     if is_batched is not None and any(t is not None and is_batched(t) for t in tensors):
-        raise UnsupportedDerivativeError(
-            f"{mode}-mode derivatives of a monDEQ equilibrium under vmap (torch.func.jacrev, "
-            "jacfwd, vmap) are not supported: the solver decides when to stop per batch; use "
-            "torch.autograd.functional.jacobian or loop over torch.func.jvp / vjp instead")
+        raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode=mode))
 
 
 def equilibrium(

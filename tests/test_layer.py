@@ -88,3 +88,82 @@ def test_checkpoint_round_trip(tmp_path):
     assert other_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
     with pytest.raises(FileNotFoundError, match="--resume"):
         load_checkpoint(tmp_path / "missing.pt", model=other)
+
+
+# ------------------------------------------------------------- sharp edges of the first hour
+
+
+def test_solver_can_be_reassigned_by_name_after_construction():
+    from splitting import douglas_rachford
+
+    layer = MonDEQ(make_dense(n_in=6, n=8), solver="pr", tol=1e-8, max_iter=2000)
+    layer.solver = "dr"
+    assert layer.solver is douglas_rachford
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        _, stats = layer.forward_with_stats(x)
+        op, bias = layer.linear.operator(), layer.linear.bias(x)
+    direct = douglas_rachford(op, layer.nonlinearity, bias, alpha=1.0, tol=1e-8, max_iter=2000)
+    assert stats.forward.iterations == direct.iterations
+    with pytest.raises(InvalidSettingError, match="unknown solver"):
+        layer.solver = "newton"
+
+
+@pytest.mark.parametrize("bad", [torch.nn.Tanh(), torch.relu, "relu"], ids=["Tanh", "torch.relu", "str"])
+def test_non_prox_nonlinearity_points_to_the_prox_interface(bad):
+    with pytest.raises(TypeError, match="splitting.Prox"):
+        MonDEQ(make_dense(), bad)
+
+
+@pytest.mark.parametrize("setting", [dict(alpha=float("inf")), dict(alpha=float("nan")), dict(max_iter=0),
+                                     dict(max_iter=2.5), dict(tol=0.0), dict(tol=float("inf"))])
+def test_invalid_layer_settings_are_refused_at_construction(setting):
+    with pytest.raises(InvalidSettingError):
+        MonDEQ(make_dense(), **setting)
+
+
+def test_infinite_margin_is_refused():
+    with pytest.raises(InvalidSettingError, match="m must be > 0"):
+        MonotoneLinear(4, 3, m=float("inf"))
+
+
+def test_empty_batch_is_refused_clearly():
+    with pytest.raises(StateShapeError, match="empty batch"):
+        MonDEQ(make_dense(n_in=6))(torch.zeros(0, 6))
+
+
+def test_lipschitz_bound_accepts_a_classifier():
+    from mondeq import lipschitz_bound
+
+    model = fc_mondeq(6, 5, 3).double()
+    expected = float(torch.linalg.matrix_norm(model.layer.linear.U.weight.detach(), 2)) / model.layer.linear.m
+    for target in (model, model.layer, model.layer.linear):
+        assert lipschitz_bound(target) == pytest.approx(expected)
+    with pytest.raises(TypeError, match="lipschitz_bound"):
+        lipschitz_bound(torch.nn.Linear(3, 3))
+
+
+def test_statistics_and_layer_print_compactly():
+    layer = MonDEQ(make_dense(n_in=6, n=50), tol=1e-6, max_iter=300)
+    _, stats = layer.forward_with_stats(torch.randn(64, 6))
+    for text in (repr(stats), str(stats.forward)):
+        assert "tensor(" not in text and len(text) < 400
+    assert "iterations=" in repr(stats.forward) and "converged=True" in repr(stats.forward)
+    text = repr(layer)
+    assert "nonlinearity=ReLU()" in text and "m=0.5" in text
+
+
+def test_certificates_refuse_a_readout_not_known_to_be_affine():
+    from mondeq.models import MonDEQClassifier, NonAffineReadoutError
+
+    class SquaredReadout(torch.nn.Module):
+        def forward(self, z):
+            return z[0] ** 2
+
+    layer = MonDEQ(make_dense(n_in=6, n=5))
+    model = MonDEQClassifier(layer, torch.nn.Linear(5, 3), readout=SquaredReadout()).double()
+    with pytest.raises(NonAffineReadoutError, match="not known to be affine"):
+        model.head_matrix()
+    nonlinear_head = MonDEQClassifier(layer, torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Tanh()))
+    with pytest.raises(NonAffineReadoutError, match="head"):
+        nonlinear_head.double().head_matrix()

@@ -1,0 +1,181 @@
+"""What ``converged=True`` promises: the TRUE residual of the returned state meets tol.
+
+Every method, step size, tolerance and operator family, on random and on hard operators (large
+‖I − W‖): converged ⇒ ‖z − σ(Wz + b)‖/‖z‖ ≤ tol for every sample, computed here independently
+from the dense matrix. Plus the cases that used to slip through: zero iterates, FB collapsing
+at a huge step, non-finite values.
+"""
+import warnings
+
+import pytest
+import torch
+
+from mondeq import MonDEQ, MonotoneLinear
+from mondeq.conv import MonotoneConv
+from splitting import (SOLVERS, ConvergenceWarning, NonFiniteInputError, ReLU, SoftThreshold,
+                       StepSizeWarning, max_stable_alpha, peaceman_rachford)
+from splitting.state import flatten, unflatten
+from tests.conftest import make_dense
+
+ALPHAS = (1.0, 1 / 4, 1 / 16, 1 / 64)
+TOLS = (1e-2, 1e-4, 1e-6)
+
+
+def dense_problem(scale):
+    linear = make_dense(n_in=6, n=10, m=0.2, scale=scale)
+    x = torch.randn(6, 6)
+    return linear, x
+
+
+def conv_problem(scale):
+    linear = MonotoneConv(1, 2, 4, kernel_size=3, m=0.2, dtype=torch.float64)
+    with torch.no_grad():
+        linear.F.mul_(scale)
+        linear.G.mul_(scale)
+    return linear, torch.randn(4, 1, 4, 4)
+
+
+def direct_residual(weight, prox, bias, z):
+    """‖z − σ(Wz + b)‖/‖z‖ per sample from the dense matrix (independent of the solvers)."""
+    flat, b = flatten(z), flatten(bias)
+    target = prox(flat @ weight.T + b)
+    diff = (flat - target).norm(dim=1)
+    return torch.where(diff == 0, 0.0, diff / flat.norm(dim=1))
+
+
+@pytest.mark.parametrize("family", ["dense", "conv"])
+@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["random", "large-L"])
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_converged_means_true_residual_below_tol(name, scale, family):
+    linear, x = (dense_problem if family == "dense" else conv_problem)(scale)
+    prox = SoftThreshold(0.02)
+    with torch.no_grad():
+        op, bias = linear.operator(), linear.bias(x)
+        weight = op.as_matrix()
+    limit = max_stable_alpha(op)
+    converged_runs = 0
+    for alpha in (*ALPHAS, limit / 2):  # the last: inside FB's guaranteed range
+        for tol in TOLS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StepSizeWarning)
+                result = SOLVERS[name](op, prox, bias, alpha=alpha, tol=tol, max_iter=300)
+            if not result.converged:
+                # slow (small α) or beyond FB's guaranteed step: the cap or divergence stopped it
+                assert result.iterations == 300 or (name.endswith("fb") and alpha >= limit), (name, alpha, tol)
+                continue
+            converged_runs += 1
+            true = direct_residual(weight, prox, bias, result.z)
+            assert bool((true <= tol).all()), (name, alpha, tol, float(true.max()))
+            torch.testing.assert_close(result.true_residual, true, rtol=1e-6, atol=1e-12)
+    # not vacuous (FB on the hard operators cannot converge in the cap at any step size)
+    assert converged_runs >= (0 if name.endswith("fb") and scale > 1 else 3)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_solution_equal_to_zero_is_found_exactly_and_only_then(name):
+    """σ(b) = 0 ⇒ z* = 0, returned exactly; a zero state is never accepted otherwise."""
+    linear = make_dense(n_in=3, n=6, m=0.5)
+    with torch.no_grad():
+        op = linear.operator()
+    bias = (torch.cat([-torch.rand(2, 6), torch.randn(2, 6)]),)  # first two: σ(b) = 0
+    alpha = 0.5 * max_stable_alpha(op) if name.endswith("fb") else 1.0
+    result = SOLVERS[name](op, ReLU(), bias, alpha=alpha, tol=1e-8, max_iter=5000)
+    assert result.converged
+    assert bool((result.z[0][:2] == 0).all())
+    reference = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-12, max_iter=5000)
+    torch.testing.assert_close(result.z[0], reference.z[0], atol=1e-6, rtol=1e-6)
+    assert bool((result.z[0][2:].norm(dim=1) > 0).all())
+
+
+def relu_equilibrium_by_enumeration(w, b):
+    """The unique z = relu(Wz + b) of a tiny problem, exactly: try every active set S, solve
+    z_S = (I − W_SS)⁻¹ b_S, keep the one consistent with S (independent of every solver)."""
+    n = w.shape[0]
+    for pattern in range(2 ** n):
+        active = torch.tensor([(pattern >> i) & 1 for i in range(n)], dtype=torch.bool)
+        z = torch.zeros(n, dtype=w.dtype)
+        if active.any():
+            idx = active.nonzero().flatten()
+            z[idx] = torch.linalg.solve(torch.eye(len(idx), dtype=w.dtype) - w[idx][:, idx], b[idx])
+        v = w @ z + b
+        if bool((z[active] >= 0).all()) and bool((v[~active] <= 0).all()):
+            return z
+    raise AssertionError("no consistent active set")
+
+
+def test_one_to_two_layer_is_solved_not_stopped_early():
+    """The independent check's example: a 1 → 2 dense layer (m = 0.5, tol 1e-6) once returned
+    z = 0.188 where z* = 0.1254 after one iteration. Whatever the parameters, the returned state
+    now meets the tolerance and matches the exact fixed point."""
+    for seed in range(30):
+        torch.manual_seed(seed)
+        linear = MonotoneLinear(1, 2, m=0.5, dtype=torch.float64)
+        layer = MonDEQ(linear, solver="pr", tol=1e-6, max_iter=500)
+        x = torch.randn(5, 1)
+        with torch.no_grad():
+            (z,), stats = layer.forward_with_stats(x)
+            w, b = linear.weight(), linear.U(x)
+        exact = torch.stack([relu_equilibrium_by_enumeration(w, bi) for bi in b])
+        assert stats.forward.converged
+        # ‖ẑ − z*‖ ≤ (1 + L)‖e‖/m with ‖e‖ ≤ 1e-6‖ẑ‖ (mondeq.certify's bound)
+        bound = (1 + 2 * float(torch.linalg.matrix_norm(w, 2) + 1)) / 0.5 * 1e-6 * z.norm(dim=1)
+        assert bool(((z - exact).norm(dim=1) <= bound + 1e-12).all()), seed
+
+
+def test_forward_backward_collapsing_at_a_huge_step_is_not_converged():
+    linear = make_dense(n_in=6, n=10, m=0.5, scale=2.0)
+    x = torch.randn(8, 6)
+    with torch.no_grad():
+        op, bias = linear.operator(), linear.bias(x)
+    reference = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-12, max_iter=5000).z[0]
+    with pytest.warns(StepSizeWarning, match="2m/L"):
+        result = SOLVERS["fb"](op, ReLU(), bias, alpha=10.0, tol=1e-6, max_iter=300)
+    assert not result.converged
+    assert not torch.allclose(result.z[0], reference, atol=1e-3)
+
+
+def test_infinite_bias_parameter_is_named_not_reported_converged():
+    layer = MonDEQ(make_dense(n_in=6), tol=1e-4)
+    with torch.no_grad():
+        layer.linear.U.bias[1] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.raises(NonFiniteInputError, match="parameter U.bias"):
+            layer(torch.randn(3, 6))
+
+
+def test_nan_state_from_a_solver_is_never_converged():
+    linear = make_dense(n_in=6)
+    with torch.no_grad():
+        op, bias = linear.operator(), linear.bias(torch.randn(3, 6))
+    bias[0][1, 0] = float("nan")
+    for name, solver in SOLVERS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = solver(op, ReLU(), bias, alpha=0.05, tol=1e-2, max_iter=50)
+        assert not result.converged, name
+
+
+def test_nan_or_inf_input_is_named():
+    layer = MonDEQ(make_dense(n_in=6))
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(3, 6)
+        x[1, 2] = bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            with pytest.raises(NonFiniteInputError, match="input x"):
+                layer(x)
+
+
+def test_confirmation_keeps_estimates_honest_on_a_hard_problem():
+    """PR's residual estimate (from z½) may be optimistic; the loop confirms with the direct
+    residual and goes on, so the count may grow but the promise holds."""
+    linear = make_dense(n_in=6, n=30, m=0.05, scale=6.0)
+    with torch.no_grad():
+        op, bias = linear.operator(), linear.bias(torch.randn(16, 6))
+        weight = op.as_matrix()
+    for alpha in ALPHAS:
+        result = peaceman_rachford(op, SoftThreshold(0.05), bias, alpha=alpha, tol=1e-6, max_iter=20_000)
+        assert result.converged
+        true = direct_residual(weight, SoftThreshold(0.05), bias, result.z)
+        assert float(true.max()) <= 1e-6
