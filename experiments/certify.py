@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mondeq import pgd, solver_settings
-from mondeq.certify import certify
+from mondeq.certification import certify
 from mondeq.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -6,7 +6,7 @@ import torch
 from mondeq import (LipschitzMarginLoss, equilibrium_error_bound, fc_mondeq, lipschitz_bound, pgd,
                     solver_settings)
 from mondeq.attacks import margins
-from mondeq.certify import certify, state_residual
+from mondeq.certification import certify, state_residual
 from mondeq.losses import InputNormEstimate, head_matrix, margin_lipschitz_matrix
 from mondeq.models import single_conv_mondeq
 from mondeq.training import train_epoch

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as nnf
 
 from mondeq import fc_mondeq, pgd, single_conv_mondeq
-from mondeq.certify import certify
+from mondeq.certification import certify
 from mondeq.conv import MonotoneConv
 from mondeq.data import batches, load_mnist, normalize
 from mondeq.dense import MonotoneLinear

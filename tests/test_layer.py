@@ -167,3 +167,12 @@ def test_certificates_refuse_a_readout_not_known_to_be_affine():
     nonlinear_head = MonDEQClassifier(layer, torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Tanh()))
     with pytest.raises(NonAffineReadoutError, match="head"):
         nonlinear_head.double().head_matrix()
+
+
+def test_certify_is_importable_as_a_function():
+    import mondeq.certification  # noqa: F401  (importing the module must not shadow the function)
+    from mondeq import certify
+
+    model = fc_mondeq(6, 5, 3, tol=1e-8, max_iter=500).double()
+    cert = certify(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
+    assert callable(certify) and cert.radius.shape == (4,)

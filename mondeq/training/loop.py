@@ -16,13 +16,13 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..certify import certify
+from ..certification import certify
 from ..distributed import all_reduce_sum, unwrap
 from ..lipschitz import lipschitz_bound
 from ..models import MonDEQClassifier
 from ..progress import ProgressBar
 
-__all__ = ["EpochStats", "Evaluation", "evaluate", "train_epoch"]
+__all__ = ["EpochSums", "EpochStats", "Evaluation", "evaluate", "train_epoch"]
 
 
 @dataclass
@@ -73,6 +73,30 @@ class Evaluation:
     samples: int = 0
 
 
+@dataclass
+class EpochSums:
+    """Running sums of an epoch in progress on this rank (kept on the device while training).
+
+    Passed to and returned through :func:`train_epoch`'s ``sums`` / ``after_step``, so that a
+    checkpoint taken mid-epoch can resume the epoch with the same figures.
+    """
+
+    loss: Tensor | float = 0.0
+    correct: Tensor | int = 0
+    seen: int = 0
+    forward_iterations: Tensor | int = 0
+    backward_iterations: Tensor | int = 0
+    step_time: float = 0.0
+    steps: int = 0
+
+    def state_dict(self) -> dict[str, float | int]:
+        """Plain numbers (reads device values: a host synchronisation)."""
+        return {"loss": float(self.loss), "correct": int(self.correct), "seen": self.seen,
+                "forward_iterations": int(self.forward_iterations),
+                "backward_iterations": int(self.backward_iterations), "step_time": self.step_time,
+                "steps": self.steps}
+
+
 def _model_device(model: nn.Module) -> torch.device:
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
@@ -93,7 +117,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 desc: str = "train",
                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                 on_batch: Callable[[nn.Module, Tensor, Tensor], None] | None = None,
-                amp: bool = False, progress: bool = True, refresh: int = 10) -> EpochStats:
+                amp: bool = False, progress: bool = True, refresh: int = 10,
+                sums: EpochSums | None = None,
+                after_step: Callable[[EpochSums], None] | None = None) -> EpochStats:
     """One pass of training (cross entropy by default), with a progress bar.
 
     Args:
@@ -111,14 +137,20 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         progress: draw the progress bar (pass ``False`` on every rank but the first).
         refresh: read the running loss for the bar every ``refresh`` steps (each read is a host
             synchronisation on CUDA).
+        sums: the running sums of an epoch resumed mid-way (``data`` then holds only the
+            remaining batches and ``steps`` still counts the whole epoch).
+        after_step: ``after_step(sums)`` called after every step (e.g. a periodic checkpoint).
     """
     model.train()
     device = _model_device(model)
     cuda = device.type == "cuda"
     bar = ProgressBar(steps, desc) if progress else None
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen, fw, bw, step_time, taken, shown = 0, 0, 0, 0.0, 0, float("nan")
+    acc = EpochSums() if sums is None else EpochSums(**sums.state_dict())
+    acc.loss = torch.as_tensor(acc.loss, dtype=torch.float64, device=device)
+    acc.correct = torch.as_tensor(acc.correct, dtype=torch.int64, device=device)
+    if bar is not None and acc.steps:
+        bar.update(acc.steps, loss=float(acc.loss) / max(acc.seen, 1))
+    shown = float("nan")
     events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
     for x, y in data:
         x, y = _to(x, device), _to(y, device)
@@ -141,32 +173,41 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             end_event.record()
             events.append((start_event, end_event))
         else:
-            step_time += time.perf_counter() - start
-        taken += 1
-        loss_sum += loss.detach().to(torch.float64) * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        fw = fw + _count(stats.forward.iterations)
-        bw = bw + (_count(stats.backward.iterations) if stats.backward is not None else 0)
+            acc.step_time += time.perf_counter() - start
+        acc.steps += 1
+        acc.loss += loss.detach().to(torch.float64) * len(y)
+        acc.correct += (logits.detach().argmax(1) == y).sum()
+        acc.seen += len(y)
+        acc.forward_iterations = acc.forward_iterations + _count(stats.forward.iterations)
+        acc.backward_iterations = acc.backward_iterations + (
+            _count(stats.backward.iterations) if stats.backward is not None else 0)
         if bar is not None:
-            if taken % refresh == 0 or taken == steps or taken == 1:
-                shown = float(loss_sum) / seen
+            if acc.steps % refresh == 0 or acc.steps == steps or acc.steps == 1:
+                shown = float(acc.loss) / acc.seen
             bar.update(loss=shown)
+        if after_step is not None:
+            if cuda:  # the timing so far, so that a checkpoint carries it
+                torch.cuda.synchronize(device)
+                acc.step_time += sum(a.elapsed_time(b) for a, b in events) / 1000.0
+                events.clear()
+            after_step(acc)
     if bar is not None:
         bar.close()
     if cuda:
         torch.cuda.synchronize(device)
-        step_time = sum(a.elapsed_time(b) for a, b in events) / 1000.0
-    sums = all_reduce_sum(torch.stack([loss_sum, correct.to(torch.float64), torch.tensor(float(seen), device=device),
-                                       torch.as_tensor(fw, dtype=torch.float64, device=device),
-                                       torch.as_tensor(bw, dtype=torch.float64, device=device),
-                                       torch.tensor(float(taken), device=device, dtype=torch.float64),
-                                       torch.tensor(step_time, device=device, dtype=torch.float64)]))
-    loss_total, correct_total, seen_total, fw_total, bw_total, steps_total, time_total = sums.tolist()
+        acc.step_time += sum(a.elapsed_time(b) for a, b in events) / 1000.0
+
+    def f64(v) -> Tensor:
+        return torch.as_tensor(v, dtype=torch.float64, device=device)
+
+    totals = all_reduce_sum(torch.stack([acc.loss, f64(acc.correct), f64(float(acc.seen)),
+                                         f64(acc.forward_iterations), f64(acc.backward_iterations),
+                                         f64(float(acc.steps)), f64(acc.step_time)]))
+    loss_total, correct_total, seen_total, fw_total, bw_total, steps_total, time_total = totals.tolist()
     n = max(steps_total, 1.0)
     return EpochStats(loss=loss_total / max(seen_total, 1.0), accuracy=correct_total / max(seen_total, 1.0),
                       forward_iterations=fw_total / n, backward_iterations=bw_total / n,
-                      step_time=time_total / n, steps=taken, samples=int(seen_total))
+                      step_time=time_total / n, steps=acc.steps, samples=int(seen_total))
 
 
 @torch.no_grad()
@@ -175,7 +216,7 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
              epsilons: Sequence[float] = ()) -> Evaluation:
     """Clean accuracy, mean iterations, the Lipschitz bound and sound certified radii.
 
-    Radii come from :func:`mondeq.certify.certify`: they account for the solver's error, so they
+    Radii come from :func:`mondeq.certify`: they account for the solver's error, so they
     hold for the exact network at any tolerance. Under torch.distributed pass each rank its own
     shard of the test set (:func:`mondeq.distributed.shard`); counts are summed over ranks, so
     accuracy and certified accuracy equal those of one process on the whole set.
