@@ -53,7 +53,7 @@ from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
 from mondeq.distributed import (DistInfo, broadcast_object, epoch_order, rank_batches, setup, shard,
                                 teardown, unwrap, wrap_model)
 from mondeq.schedules import SCHEDULES, make_schedule
-from mondeq.training import DeviceData, evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train_epoch
+from mondeq.training import DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train_epoch
 from mondeq.tuning import AlphaTuner
 from splitting import SOLVERS
 
@@ -279,6 +279,15 @@ def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
             DeviceData(normalize_dataset(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
 
 
+def gather_objects(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -331,14 +340,21 @@ class Run:
         self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
         self.history: list[dict] = []
         self.first_epoch = 1
+        self.partial: dict | None = None  # where a checkpoint taken inside an epoch stood
+        self.augment: Augmentation | None = None
         self.checkpoint = args.out / "checkpoint.pt"
         self.config = {k: plain(v) for k, v in vars(args).items() if k not in ("explicit", "resume")}
         self.config["world_size"] = info.world_size
 
-    def save(self, epoch: int) -> None:
+    def save(self, epoch: int, partial: dict | None = None) -> None:
+        """Checkpoint after ``epoch`` completed epochs; ``partial``: this rank's state inside the
+        next epoch (gathered from every rank: a collective when distributed)."""
+        if partial is not None:
+            partial = {"epoch": partial["epoch"], "step": partial["step"],
+                       "ranks": gather_objects({k: partial[k] for k in ("sums", "augment")})}
         if not self.info.is_main:
             return
-        extra = {"tuner": self.tuner.state_dict() if self.tuner is not None else None,
+        extra = {"partial": partial,"tuner": self.tuner.state_dict() if self.tuner is not None else None,
                  "loss_step": self.loss_fn.step if self.loss_fn is not None else None,
                  "norm_estimate": (self.loss_fn.norm_estimate.v if self.loss_fn is not None
                                    and self.loss_fn.norm_estimate is not None else None)}
@@ -351,6 +367,7 @@ class Run:
                         scheduler=self.scheduler, state=state)
         self.history, self.first_epoch = state["history"], state["epoch"] + 1
         extra = state.get("extra", {})
+        self.partial = extra.get("partial")
         if self.tuner is not None and extra.get("tuner") is not None:
             self.tuner.load_state_dict(extra["tuner"])
         if self.loss_fn is not None:
@@ -358,18 +375,41 @@ class Run:
             if self.loss_fn.norm_estimate is not None and extra.get("norm_estimate") is not None:
                 self.loss_fn.norm_estimate.v = extra["norm_estimate"].to(self.device)
 
-    def epoch_batches(self, epoch: int):
-        """This rank's batches of ``epoch``: order and crops are pure functions of (seed, epoch)."""
+    def train(self, model: torch.nn.Module, epoch: int):
+        """One epoch (or the rest of one, after a checkpoint taken inside it)."""
+        args, skip, sums = self.args, 0, None
+        self.augment = (Augmentation(DATASETS[args.dataset], padding=4, device=self.device,
+                                     seed=(args.seed * 1_000_003 + epoch) * 1009 + self.info.rank)
+                        if args.augment else None)
+        if self.partial is not None and self.partial["epoch"] == epoch:
+            mine = self.partial["ranks"][self.info.rank]
+            skip, sums = self.partial["step"], EpochSums(**mine["sums"])
+            if self.augment is not None:
+                self.augment.load_state_dict(mine["augment"])
+        self.partial = None
+
+        def after_step(acc: EpochSums) -> None:
+            if acc.steps % args.checkpoint_every == 0 and acc.steps < self.steps:
+                self.save(epoch - 1, {"epoch": epoch, "step": acc.steps, "sums": acc.state_dict(),
+                                      "augment": self.augment.state_dict() if self.augment else None})
+
+        return train_epoch(model, self.optimizer, self.epoch_batches(epoch, skip), steps=self.steps,
+                           scheduler=self.scheduler, desc=f"epoch {epoch}/{args.epochs}",
+                           loss_fn=self.loss_fn, on_batch=self.tuner, amp=args.amp,
+                           progress=self.info.is_main, sums=sums,
+                           after_step=after_step if args.checkpoint_every else None)
+
+    def epoch_batches(self, epoch: int, skip: int = 0):
+        """This rank's batches of ``epoch`` from step ``skip`` on: the order and the crops are pure
+        functions of (seed, epoch, rank), so resuming needs no data-order state."""
         args = self.args
         steps = rank_batches(epoch_order(len(self.train_data), seed=args.seed, epoch=epoch),
-                             args.batch_size, self.info)
-        if not args.augment:
+                             args.batch_size, self.info)[skip:]
+        if self.augment is None:
             yield from self.train_data.batches(steps)
             return
-        augment = Augmentation(DATASETS[args.dataset], padding=4, device=self.device,
-                               seed=(args.seed * 1_000_003 + epoch) * 1009 + self.info.rank)
         for x, y in self.train_data.batches(steps):
-            yield normalize_dataset(augment(x), args.dataset), y
+            yield normalize_dataset(self.augment(x), args.dataset), y
 
     def test_batches(self):
         n = len(self.test_data)
@@ -395,7 +435,9 @@ def run(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
     run = Run(args, info, device)
     if state is not None:
         run.restore(state)
-        say(f"resumed from {run.checkpoint} after epoch {state['epoch']}")
+        inside = (f", step {run.partial['step']} of epoch {run.partial['epoch']}"
+                  if run.partial is not None else "")
+        say(f"resumed from {run.checkpoint} after epoch {state['epoch']}{inside}")
     if info.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
     if run.loss_fn is not None and state is None:
@@ -409,9 +451,7 @@ def run(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
         f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()
     for epoch in range(run.first_epoch, args.epochs + 1):
-        stats = train_epoch(model, run.optimizer, run.epoch_batches(epoch), steps=run.steps,
-                            scheduler=run.scheduler, desc=f"epoch {epoch}/{args.epochs}",
-                            loss_fn=run.loss_fn, on_batch=run.tuner, amp=args.amp, progress=info.is_main)
+        stats = run.train(model, epoch)
         ev = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale,
                       certify_tol=args.certify_tol, epsilons=args.epsilons)
         run.history.append({

@@ -163,3 +163,36 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, epoch=2, history=[], config={})
     assert read_checkpoint(tmp_path / "c.pt")["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_checkpoint_every_n_steps_resumes_inside_the_epoch(tmp_path, monkeypatch):
+    """--checkpoint-every 3: a crash at step 5 of epoch 2 resumes from step 3 of epoch 2, and the
+    finished run (weights and per-epoch figures) equals the uninterrupted one. In-process, with an
+    exception as the crash; the SIGKILL test above covers a real kill."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    args = [*SMALL, "--augment", "--schedule", "onecycle", "--tune-alpha-every", "4"]
+    train.main([*args, "--out", str(tmp_path / "full")])
+    step, calls = torch.optim.Adam.step, [0]
+
+    def crashing_step(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == STEPS_PER_EPOCH + 5:
+            raise _Crash
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
+    with pytest.raises(_Crash):
+        train.main([*args, "--checkpoint-every", "3", "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    state = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert state["epoch"] == 1 and (state["extra"]["partial"]["epoch"], state["extra"]["partial"]["step"]) == (2, 3)
+    torch.manual_seed(999)  # the resumed run must not depend on the process's RNG state
+    train.main(["--resume", "--out", str(tmp_path / "cut")])
+    _same_run(tmp_path / "full", tmp_path / "cut")

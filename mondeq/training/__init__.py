@@ -8,8 +8,8 @@
   from pinned memory with non-blocking copies (:mod:`.placement`).
 """
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, read_checkpoint, restore_rng, save_checkpoint
-from .loop import EpochStats, Evaluation, evaluate, train_epoch
+from .loop import EpochStats, EpochSums, Evaluation, evaluate, train_epoch
 from .placement import DeviceData
 
-__all__ = ["CheckpointError", "DeviceData", "EpochStats", "Evaluation", "capture_rng", "evaluate",
+__all__ = ["CheckpointError", "DeviceData", "EpochStats", "EpochSums", "Evaluation", "capture_rng", "evaluate",
            "load_checkpoint", "read_checkpoint", "restore_rng", "save_checkpoint", "train_epoch"]
