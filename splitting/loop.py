@@ -49,9 +49,10 @@ Carry = TypeVar("Carry")
 
 def relative_residual(z: State, target: State) -> Tensor:
     r"""Per-sample :math:`\|z - t\| / \|z\|`, shape (batch,): 0 where ``z == t`` exactly
-    (including ``0/0``), ∞ where ``z = 0 ≠ t``, NaN where either is not finite."""
+    (including ``0/0``), huge (≥ ‖z − t‖/tiny) where ``z = 0 ≠ t``, NaN where either is not
+    finite (the denominator is clamped at the dtype's smallest normal number)."""
     diff = batch_norm(tmap(torch.sub, z, target))
-    return torch.where(diff == 0, 0.0, diff / batch_norm(z))
+    return diff / batch_norm(z).clamp_min(torch.finfo(diff.dtype).tiny)
 
 
 def natural_residual(op: LinearOperator, prox: Prox, bias: State, z: State) -> Tensor:
@@ -83,14 +84,68 @@ def check_settings(op: LinearOperator, bias: State, *, tol: float, max_iter: int
 
 @dataclass
 class _Record:
-    """One iteration's candidate, its residual, and the device-side stop flags (ok, nan)."""
+    """One iteration's candidate, its residual, and its stop score (see :class:`_Stopping`)."""
 
     k: int
     z: State
     residual: Tensor
-    flags: Tensor
+    score: Tensor
     event: torch.cuda.Event | None = None
     true_residual: Tensor | None = None
+
+
+class _Stopping:
+    """The stopping bookkeeping of :func:`iterate`.
+
+    Every sample has a proposal threshold, ``tol`` until a confirmation fails for it, then
+    halved. One scalar per iteration decides: the worst ``residual / threshold`` (NaN
+    propagates), so the host reads a single number (on CUDA one iteration late, from pinned
+    memory). Per-sample iteration counts come from the trace at the end, or, with masking, from
+    counters updated on the device.
+    """
+
+    def __init__(self, tol: float, batch: int, device: torch.device, mask: bool) -> None:
+        self.tol = float(tol)
+        self.threshold: float | Tensor = self.tol
+        self.reset_at = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.mask = mask
+        self.active: Tensor | None = None
+        if mask:  # iterations each sample took part in, and that count when it last settled
+            self.work = torch.zeros(batch, dtype=torch.int64, device=device)
+            self.settled = torch.zeros_like(self.work)
+
+    def score(self, residual: Tensor) -> Tensor:
+        """A 0-d tensor ≤ 1 iff every sample is below its threshold; NaN if any residual is."""
+        if isinstance(self.threshold, float):
+            return residual.max() / self.threshold
+        return (residual / self.threshold).max()
+
+    def after_step(self, residual: Tensor) -> None:
+        if self.mask:
+            self.work = self.work + (1 if self.active is None else self.active)
+            below = residual <= self.threshold  # NaN is never below
+            self.settled = torch.where((self.settled == 0) & below, self.work, self.settled)
+            self.active = ~below
+
+    def failed(self, direct: Tensor, k: int) -> None:
+        """A confirmation found ``direct > tol`` for some samples: tighten and unfreeze them."""
+        failed = ~(direct <= self.tol)
+        threshold = torch.full_like(direct, self.tol) if isinstance(self.threshold, float) else self.threshold
+        self.threshold = torch.where(failed, 0.5 * threshold, threshold)
+        self.reset_at = torch.where(failed, k, self.reset_at)
+        if self.mask:
+            self.settled = self.settled.masked_fill(failed, 0)
+            self.active = self.active | failed
+
+    def sample_iterations(self, residuals: Tensor) -> Tensor:
+        """Per sample, the iteration from which it met its threshold (its last count if never)."""
+        n = residuals.shape[0]
+        if self.mask:
+            return torch.where(self.settled > 0, self.settled, n).clamp(max=n)
+        steps = torch.arange(1, n + 1, device=residuals.device).unsqueeze(1)
+        hit = (residuals <= self.threshold) & (steps > self.reset_at)
+        first = hit.to(torch.uint8).argmax(dim=0) + 1
+        return torch.where(hit.any(dim=0), first, n)
 
 
 def iterate(
@@ -123,28 +178,21 @@ def iterate(
     """
     device = bias[0].device
     lagged = device.type == "cuda"
-    threshold = torch.full_like(batch_norm(bias), float(tol))  # per sample: see decide()
-    # per sample: iterations it took part in (frozen ones do not count), and that count when
-    # its candidate last came below its threshold (0: not yet)
-    work = torch.zeros(threshold.shape, dtype=torch.int64, device=device)
-    settled = torch.zeros_like(work)
+    stopping = _Stopping(tol, bias[0].shape[0], device, mask)
     trace: list[Tensor] = []
-    active: Tensor | None = None
     previous: _Record | None = None
     pending: _Record | None = None
     final: _Record | None = None
     converged = False
-    host_flags = torch.empty(2, dtype=torch.bool, pin_memory=True) if lagged else None
-    # Samples whose solution is exactly 0 get it exactly (a verified answer, not a floor): iterates only approach 0 geometrically,
-    # and no relative residual can accept a tiny nonzero state (nor should it).
+    host_score = torch.empty((), dtype=bias[0].dtype, pin_memory=True) if lagged else None
+    # Samples whose solution is exactly 0 get it exactly (a verified answer, not a floor):
+    # iterates only approach 0 geometrically, and no relative residual accepts a tiny state.
     zero = zero_solution_samples(prox, bias)
 
-    def decide(record: _Record) -> str:
-        nonlocal threshold, active, settled
-        ok, nan = (host_flags if lagged else record.flags).tolist()
-        if nan:
+    def decide(record: _Record, score: float) -> str:
+        if score != score:  # NaN: a non-finite state
             return "diverged"
-        if not ok:
+        if not score <= 1.0:
             return "go"
         if exact:
             record.true_residual = record.residual
@@ -153,54 +201,42 @@ def iterate(
         if bool((direct <= tol).all()):
             record.true_residual = direct
             return "converged"
-        # the estimate was optimistic for these samples: they propose again only when tighter
-        # (per sample, so that a masked batch behaves as its samples solved alone)
-        failed = ~(direct <= tol)
-        threshold = torch.where(failed, 0.5 * threshold, threshold)
-        settled = settled.masked_fill(failed, 0)
-        if active is not None:
-            active = active | failed
+        stopping.failed(direct, record.k)  # the estimate was optimistic for these samples
         return "go"
 
     for k in range(1, int(max_iter) + 1):
         new_carry, z, res = step(carry)
-        work = work + 1 if active is None else work + active
         if zero is not None:
             z = _keep_inactive(~zero, z, tuple(torch.zeros_like(t) for t in z))
             res = res.masked_fill(zero, 0.0)
-        if active is not None:
-            new_carry = _keep_inactive(active, new_carry, carry)
-            z = _keep_inactive(active, z, previous.z)
-            res = torch.where(active, res, previous.residual)
+        if stopping.active is not None:
+            new_carry = _keep_inactive(stopping.active, new_carry, carry)
+            z = _keep_inactive(stopping.active, z, previous.z)
+            res = torch.where(stopping.active, res, previous.residual)
         carry = new_carry
         trace.append(res)
-        below = res <= threshold  # NaN is never below
-        settled = torch.where((settled == 0) & below, work, settled)
-        if mask:
-            active = ~below
-        record = _Record(k, z, res, torch.stack((below.all(), torch.isnan(res).any())))
-        previous = record
-        if lagged:
+        stopping.after_step(res)
+        record = previous = _Record(k, z, res, stopping.score(res))
+        if lagged:  # decide on the previous iteration while this one runs on the device
             if pending is not None:
                 pending.event.synchronize()
-                outcome = decide(pending)
+                outcome = decide(pending, float(host_score))
                 if outcome != "go":
                     final, converged = pending, outcome == "converged"
                     break
-            host_flags_next = record.flags
+            host_score.copy_(record.score, non_blocking=True)
             record.event = torch.cuda.Event()
-            host_flags.copy_(host_flags_next, non_blocking=True)
             record.event.record()
             pending = record
         else:
-            outcome = decide(record)
+            outcome = decide(record, float(record.score))
             if outcome != "go":
                 final, converged = record, outcome == "converged"
                 break
     else:
         if lagged and pending is not None:
             pending.event.synchronize()
-            converged = decide(pending) == "converged"
+            converged = decide(pending, float(host_score)) == "converged"
         final = previous
     residuals = torch.stack(trace[: final.k])
     true_residual = final.true_residual
@@ -213,7 +249,7 @@ def iterate(
         residual_fn=(functools.partial(_detached_residual, op, prox, bias, final.z)
                      if true_residual is None else functools.partial(_constant, true_residual)),
         resolvent=resolvent,
-        sample_iterations=torch.where(settled > 0, settled, final.k).clamp(max=final.k),
+        sample_iterations=stopping.sample_iterations(residuals),
     )
 
 
