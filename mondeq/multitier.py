@@ -32,7 +32,8 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
-from .tier_coupling import AliasMap, MultiTierResolvent, conv_spectrum
+from .tier_coupling import (AliasMap, MultiTierResolvent, has_tangent, apply_multitier,
+                            conv_spectrum, multitier_blocks)
 
 
 def _circular(x: Tensor, p: int) -> Tensor:
@@ -103,6 +104,8 @@ class MultiConvOperator(LinearOperator):
         self.state_shape = tuple((a.shape[0], *size) for a, size in zip(self.a_kernels, sizes))
         self._spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
         self._maps: list[AliasMap] | None = None
+        self._graph_spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self._blocks: dict[tuple[str, bool], list[tuple[Tensor, Tensor]]] = {}
         self._lipschitz: float | None = None
 
     @property
@@ -125,18 +128,22 @@ class MultiConvOperator(LinearOperator):
         return self._apply(z, transpose=True)
 
     def _apply(self, z: State, *, transpose: bool) -> State:
-        # FᵀF is symmetric; only the skew part Gᵀ − G changes sign under transposition.
-        fz = [conv(z[i], self.a_kernels[i]) for i in range(self.tiers)]
-        for i in range(1, self.tiers):
-            fz[i] = fz[i] + down_conv(z[i - 1], self.s_kernels[i - 1])
-        out = []
-        for i in range(self.tiers):
-            ftf = conv(fz[i], _flip(self.a_kernels[i]))
-            if i + 1 < self.tiers:
-                ftf = ftf + up_conv(fz[i + 1], self.s_kernels[i], self.sizes[i])
-            skew = _flip(self.g_kernels[i]) - self.g_kernels[i]
-            out.append((1.0 - self.m) * z[i] - ftf + conv(z[i], -skew if transpose else skew))
-        return tuple(out)
+        kernels = [*self.a_kernels, *self.g_kernels, *self.s_kernels]
+        track = ((torch.is_grad_enabled() and any(k.requires_grad for k in kernels))
+                 or any(has_tangent(k) for k in kernels))
+        key = ("rmv" if transpose else "mv", track)
+        if key not in self._blocks:
+            if track:  # spectra with a graph, built once per operator
+                if self._graph_spectra is None:
+                    self._graph_spectra = tuple(
+                        [conv_spectrum(k, s) for k, s in zip(ks, self.sizes)]
+                        for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
+                spectra = self._graph_spectra
+                self._blocks[key] = multitier_blocks(*spectra, self.m, transpose=transpose)
+            else:
+                with torch.no_grad():
+                    self._blocks[key] = multitier_blocks(*self.spectra(), self.m, transpose=transpose)
+        return apply_multitier(z, self._blocks[key], self.alias_maps(), self.sizes)
 
     def spectra(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         r"""Detached blocks :math:`\hat A_i`, :math:`\hat G_i` (per tier) and :math:`\hat C_i` (per

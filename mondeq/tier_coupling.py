@@ -45,6 +45,7 @@ are the conjugate transposes of these: :meth:`MultiTierResolvent.solve_t` reuses
 """
 from __future__ import annotations
 
+import scipy.fft
 import torch
 from torch import Tensor
 
@@ -63,33 +64,45 @@ def tier_rfft(x: Tensor) -> Tensor:
 
 
 def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`tier_rfft`: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real."""
+    """Inverse of :func:`tier_rfft`: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real.
+
+    On the CPU scipy's pocketfft reads the frequency-major layout through strides (torch's c2r
+    transform copies and transposes its input first, about 30% slower here).
+    """
     h, w = size
     nf, b, c = y.shape
+    if y.device.type == "cpu" and not (y.requires_grad or has_tangent(y)):
+        spectrum = y.numpy().reshape(h, nf // h, b, c).transpose(2, 3, 0, 1)
+        out = scipy.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1), norm="ortho",
+                               workers=torch.get_num_threads())
+        return torch.from_numpy(out)
     return torch.fft.irfft2(y.permute(1, 2, 0).reshape(b, c, h, nf // h), s=(h, w), norm="ortho")
 
 
 def conv_spectrum(kernel: Tensor, size: tuple[int, int]) -> Tensor:
     r"""Blocks :math:`\hat K(\omega)` of ``circular_conv2d(·, kernel)`` on an ``H × W`` grid.
 
-    :math:`\hat K(\omega) = \sum_{a,b} K_{:,:,a,b}\, e^{2\pi i(\omega_h (a-p)/H + \omega_w (b-p)/W)}`
-    (the correlation's taps sit at offsets ``a − p``). Returns ``(H·(W//2+1), C_out, C_in)``,
-    complex, half spectrum in row-major ``(ω_h, ω_w)`` order; differentiable in ``kernel``.
+    :math:`\hat K(\omega) = \sum_{a,b} K_{:,:,a,b}\, e^{i\theta}`, :math:`\theta = 2\pi(\omega_h
+    (a-p)/H + \omega_w (b-p)/W)` (the correlation's taps sit at offsets ``a − p``). Returns
+    ``(H·(W//2+1), C_out, C_in)``, complex, half spectrum in row-major ``(ω_h, ω_w)`` order;
+    differentiable in ``kernel``. Real and imaginary parts come from real contractions
+    (:math:`\cos(\theta_h + \theta_w)`, :math:`\sin(\theta_h + \theta_w)` expanded), whose
+    gradients are plain real products.
     """
     h, w = size
-    cdtype = complex_dtype(kernel.dtype)
-    ph = _phases(kernel, h, h)
-    pw = _phases(kernel, w, w // 2 + 1)
-    blocks = torch.einsum("ha,wb,ocab->hwoc", ph, pw, kernel.to(cdtype))
-    return blocks.reshape(-1, *kernel.shape[:2])
+    ch, sh = _phases(kernel, h, h)
+    cw, sw = _phases(kernel, w, w // 2 + 1)
+    real = torch.einsum("ha,wb,ocab->hwoc", ch, cw, kernel) - torch.einsum("ha,wb,ocab->hwoc", sh, sw, kernel)
+    imag = torch.einsum("ha,wb,ocab->hwoc", sh, cw, kernel) + torch.einsum("ha,wb,ocab->hwoc", ch, sw, kernel)
+    return torch.complex(real, imag).reshape(-1, *kernel.shape[:2])
 
 
-def _phases(kernel: Tensor, n: int, frequencies: int) -> Tensor:
+def _phases(kernel: Tensor, n: int, frequencies: int) -> tuple[Tensor, Tensor]:
     k = kernel.shape[-1]
     # integer numerators mod n keep the angle exact before the division
     numer = (torch.arange(frequencies).view(-1, 1) * (torch.arange(k) - k // 2).view(1, -1)) % n
     angle = numer.to(torch.float64) * (2.0 * torch.pi / n)
-    return torch.polar(torch.ones_like(angle), angle).to(complex_dtype(kernel.dtype)).to(kernel.device)
+    return (angle.cos().to(kernel.dtype).to(kernel.device), angle.sin().to(kernel.dtype).to(kernel.device))
 
 
 class AliasMap:
@@ -144,12 +157,125 @@ class AliasMap:
 
 
 def _conj_where(x: Tensor, mask: Tensor) -> Tensor:
-    """Conjugate the rows of a freshly gathered complex tensor where ``mask`` is set (in place)."""
-    if bool(mask.any()):
-        imag = torch.view_as_real(x)[..., 1]
-        sign = 1.0 - 2.0 * mask.to(imag.dtype)
-        imag.mul_(sign.view(-1, *(1,) * (imag.ndim - 1)))
+    """Conjugate the rows of a freshly gathered complex tensor where ``mask`` is set."""
+    if x.requires_grad or has_tangent(x):  # out of place: every autograd mode sees plain ops
+        sign = torch.stack([torch.ones_like(mask, dtype=x.real.dtype), 1.0 - 2.0 * mask.to(x.real.dtype)], -1)
+        return torch.view_as_complex(torch.view_as_real(x) * sign.view(-1, *(1,) * (x.ndim - 1), 2))
+    imag = torch.view_as_real(x)[..., 1]
+    sign = 1.0 - 2.0 * mask.to(imag.dtype)
+    imag.mul_(sign.view(-1, *(1,) * (imag.ndim - 1)))
     return x
+
+
+def has_tangent(x: Tensor) -> bool:
+    """Whether ``x`` carries a forward-mode tangent (a dual tensor)."""
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+
+
+class _RowMatmul(torch.autograd.Function):
+    r""":math:`Y = XM` for batched complex blocks, with products-only derivatives.
+
+    Reverse mode: :math:`\bar X = \bar Y M^H`, :math:`\bar M = X^H \bar Y` (PyTorch's conjugate
+    convention), the latter formed as :math:`\overline{X^\top \overline{\bar Y}}` so that BLAS gets
+    plain transposes (autograd's generic rule multiplies conjugated views, which are copied per
+    block here and cost several times the forward). Forward mode: :math:`\dot Y = \dot X M + X\dot M`.
+    The backward is built from differentiable operations, so higher derivatives are exact too.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, m: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.matmul(x, m)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, m = inputs
+        ctx.save_for_backward(x, m)
+        ctx.save_for_forward(x, m)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, m = ctx.saved_tensors
+        grad_x = grad_m = None
+        if ctx.needs_input_grad[0]:
+            grad_x = row_matmul(grad, m.mT.conj().resolve_conj())
+        if ctx.needs_input_grad[1]:
+            grad_m = row_matmul(x.mT, grad.conj().resolve_conj()).conj().resolve_conj()
+        return grad_x, grad_m
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor | None, dm: Tensor | None) -> Tensor:  # type: ignore[override]
+        x, m = ctx.saved_tensors
+        out = None
+        if dx is not None:
+            out = torch.matmul(dx, m)
+        if dm is not None:
+            out = torch.matmul(x, dm) if out is None else out + torch.matmul(x, dm)
+        return out
+
+
+def row_matmul(x: Tensor, m: Tensor) -> Tensor:
+    """``x @ m`` for batched complex blocks; :class:`_RowMatmul` when a derivative is needed."""
+    if (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad)) or has_tangent(x) or has_tangent(m):
+        return _RowMatmul.apply(x, m)
+    return torch.matmul(x, m)
+
+
+def multitier_blocks(a_hat: list[Tensor], g_hat: list[Tensor], c_hat: list[Tensor], m: float, *,
+                     transpose: bool) -> list[tuple[tuple, tuple]]:
+    r"""Row-layout blocks of W (or Wᵀ) for :func:`apply_multitier`, per tier.
+
+    ``((Â_iᵀ, Ĉ_iᵀ, ((1 − m)I ± (Ĝ_iᴴ − Ĝ_i))ᵀ), ((−Â_iᴴ)ᵀ, (−½Ĉ_iᴴ)ᵀ))``, with ``None`` for the
+    stride-2 blocks of the last tier (the sign of G's skew part is + for W, − for Wᵀ).
+    Differentiable in the spectra.
+    """
+    blocks = []
+    tiers = len(a_hat)
+    for i in range(tiers):
+        a, g = a_hat[i], g_hat[i]
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        skew = g - g.mH if transpose else g.mH - g
+        c = c_hat[i] if i + 1 < tiers else None
+        blocks.append(((_rows(a), None if c is None else _rows(c), _rows((1.0 - m) * eye + skew)),
+                       (_rows(-a.mH), None if c is None else _rows(-0.5 * c.mH))))
+    return blocks
+
+
+def _rows(block: Tensor) -> Tensor:
+    """A block ``M`` in row layout: ``Mᵀ``, contiguous (samples are rows, so ``v @ Mᵀ`` applies M)."""
+    return block.mT.contiguous()
+
+
+def apply_multitier(z: State, blocks: list[tuple[tuple, tuple]], maps: list[AliasMap],
+                    sizes: list[tuple[int, int]]) -> State:
+    r""":math:`Wz` in the Fourier domain (blocks from :func:`multitier_blocks`).
+
+    .. math:: \widehat{Fz}_i = \hat A_i\hat z_i + \tfrac12\textstyle\sum_j \hat C_{i-1}(\omega_j)
+              \hat z_{i-1}(\omega_j),\qquad
+              \widehat{Wz}_i = \big((1-m)I + \hat G_i^H - \hat G_i\big)\hat z_i - \hat A_i^H
+              \widehat{Fz}_i - \tfrac12 \hat C_i^H\,\widehat{Fz}_{i+1}(\omega')
+
+    Differentiable in ``z`` and the blocks, in every autograd mode (FFTs, gathers and
+    :func:`row_matmul`).
+    """
+    tiers = len(z)
+    diag, conv, fz = [], [], []
+    for i in range(tiers):
+        z_hat = tier_rfft(z[i])
+        a_block, c_block, d_block = blocks[i][0]
+        f = row_matmul(z_hat, a_block)
+        if i > 0:
+            f = f + 0.5 * maps[i - 1].fold_sum(conv[i - 1])
+        conv.append(row_matmul(z_hat, c_block) if c_block is not None else None)
+        diag.append(row_matmul(z_hat, d_block))
+        fz.append(f)
+    out = []
+    for i in range(tiers):
+        a_adj, c_adj = blocks[i][1]
+        y = diag[i] + row_matmul(fz[i], a_adj)
+        if c_adj is not None:
+            y = y + row_matmul(maps[i].unfold(fz[i + 1]), c_adj)
+        out.append(tier_irfft(y, sizes[i]))
+    return tuple(out)
 
 
 class MultiTierResolvent(Resolvent):
@@ -196,7 +322,8 @@ class MultiTierResolvent(Resolvent):
             hz = z @ a_next                        # Z Â
             correction = alpha * (a_next.mH @ p @ hz)
             self._fwd.append({
-                "be": torch.cat([k_inv, e], dim=1).mT.contiguous(),     # y ↦ [K'⁻¹y, L K'⁻¹y]
+                "b": k_inv.mT.contiguous(),            # y ↦ K'⁻¹y
+                "e": e.mT.contiguous(),                # y ↦ L K'⁻¹y (before the fold)
                 "f": f.mT.contiguous(),
                 "gz": torch.cat([gz, z], dim=1).mT.contiguous(),        # w ↦ [ÂᴴZw, Zw]
                 "hz": hz.mT.contiguous(),
@@ -208,20 +335,18 @@ class MultiTierResolvent(Resolvent):
         # ((ZÂ)ᴴ, (ÂᴴZ)ᴴ), Z → Zᴴ. In row layout Xᴴ is applied as v @ conj(X).
         if self._adj is None:
             adj = []
-            for i, fwd in enumerate(self._fwd):
-                if "b" in fwd:
+            for fwd in self._fwd:
+                if "e" not in fwd:
                     adj.append({"b": _conj(fwd["b"].mT)})
                     continue
-                c = fwd["f"].shape[-1]
-                b_t, e_t = fwd["be"][..., :c], fwd["be"][..., c:]
-                b, e = b_t.mT, e_t.mT
-                f = fwd["f"].mT
-                gz_t, z_t = fwd["gz"][..., :c_next(fwd)], fwd["gz"][..., c_next(fwd):]
+                c_next = fwd["hz"].shape[-1]
+                gz, z = fwd["gz"][..., :c_next].mT, fwd["gz"][..., c_next:].mT
                 adj.append({
-                    "be": _conj(torch.cat([b, f], dim=-1)),
-                    "f": _conj(e),
-                    "gz": _conj(torch.cat([fwd["hz"].mT, z_t.mT], dim=-1)),
-                    "hz": _conj(gz_t.mT),
+                    "b": _conj(fwd["b"].mT),
+                    "e": _conj(fwd["f"].mT),
+                    "f": _conj(fwd["e"].mT),
+                    "gz": _conj(torch.cat([fwd["hz"].mT, z], dim=-1)),
+                    "hz": _conj(gz),
                 })
             self._adj = adj
         return self._adj
@@ -238,13 +363,11 @@ class MultiTierResolvent(Resolvent):
         kept: list[tuple[Tensor, Tensor]] = []
         for i in range(tiers - 1):
             fac = factors[i]
-            c = y.shape[-1]
-            be = torch.matmul(y, fac["be"])
-            w = self.maps[i].fold_sum(be[..., c:])
+            w = self.maps[i].fold_sum(torch.matmul(y, fac["e"]))
             sz = torch.matmul(w, fac["gz"])
-            c_next_ = w.shape[-1]
-            kept.append((be[..., :c], sz[..., c_next_:]))
-            y = tier_rfft(r[i + 1].detach()) - sz[..., :c_next_]
+            c_next = w.shape[-1]
+            kept.append((torch.matmul(y, fac["b"]), sz[..., c_next:]))
+            y = tier_rfft(r[i + 1].detach()) - sz[..., :c_next]
         x = torch.matmul(y, factors[-1]["b"])
         out = [tier_irfft(x, self.sizes[-1])]
         for i in range(tiers - 2, -1, -1):
@@ -253,11 +376,6 @@ class MultiTierResolvent(Resolvent):
             x = b - torch.matmul(self.maps[i].unfold(q), factors[i]["f"])
             out.append(tier_irfft(x, self.sizes[i]))
         return tuple(reversed(out))
-
-
-def c_next(fwd: dict[str, Tensor]) -> int:
-    """Channels of the next tier, read off a stored factor."""
-    return fwd["hz"].shape[-1]
 
 
 def _conj(x: Tensor) -> Tensor:
