@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from splitting import LinearOperator, State, StateShapeError
 from splitting.operator import check_margin
+
+T = TypeVar("T")
 
 
 class MonotoneParametrisation(nn.Module, ABC):
@@ -26,6 +29,7 @@ class MonotoneParametrisation(nn.Module, ABC):
     def __init__(self, m: float) -> None:
         super().__init__()
         self.m = check_margin(m)
+        self._parameter_cache: dict[str, tuple[tuple, object]] = {}
 
     @abstractmethod
     def bias(self, x: Tensor) -> State:
@@ -38,6 +42,22 @@ class MonotoneParametrisation(nn.Module, ABC):
     @abstractmethod
     def input_norm(self) -> Tensor:
         r""":math:`\|U\|_2` exactly (the largest singular value of the input map)."""
+
+    def cached(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, memoised until a parameter changes.
+
+        A change is an in-place update (optimizer steps, ``load_state_dict``, ``p.mul_()`` under
+        ``no_grad``) or a move (``.to()``, ``.double()``); writes through ``p.data`` bypass
+        PyTorch's version counters and are not seen. For quantities that depend on the
+        parameters only, such as ‖U‖₂ or ‖I − W‖₂, computed without a graph.
+        """
+        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        hit = self._parameter_cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]  # type: ignore[return-value]
+        value = compute()
+        self._parameter_cache[key] = (version, value)
+        return value
 
     @property
     def dtype(self) -> torch.dtype:

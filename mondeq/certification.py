@@ -219,7 +219,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     linear = layer.linear
     lipschitz = lipschitz_bound(layer)
     op = linear.operator()
-    op_lipschitz = op.lipschitz()
+    op_lipschitz = linear.cached("operator_lipschitz", op.lipschitz)
     margin_lip = margin_lipschitz(model.head_matrix(), lipschitz)
     if max_iter is None and tol is not None:
         max_iter = max(layer.max_iter, TIGHT_MAX_ITER)

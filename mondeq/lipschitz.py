@@ -26,8 +26,12 @@ def lipschitz_bound(model: nn.Module) -> float:
     if not isinstance(linear, MonotoneParametrisation):
         raise TypeError(f"lipschitz_bound needs a MonDEQ, a MonotoneParametrisation or a classifier "
                         f"whose .layer is a MonDEQ, got {type(model).__name__}")
+    return linear.cached("input_norm", lambda: _input_norm(linear)) / linear.m
+
+
+def _input_norm(linear: MonotoneParametrisation) -> float:
     with torch.no_grad():
-        return float(linear.input_norm()) / linear.m
+        return float(linear.input_norm())
 
 
 def pairwise_margin_norms(head: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
 """The Lipschitz bound ‖U‖₂/m and the margin certificates built on it."""
+import pytest
 import torch
 
 from mondeq import MonDEQ, certified_accuracy, certified_radius, fc_mondeq, lipschitz_bound, margin_lipschitz
@@ -48,3 +49,23 @@ def test_certified_radius_matches_the_definition():
     torch.testing.assert_close(radius, torch.tensor([min(2 / 2, 3 / 4), min(2 / 2, 0.5 / 1), 0.0]))
     torch.testing.assert_close(certified_radius(logits, labels, margin_lip, input_scale=0.3), 0.3 * radius)
     assert certified_accuracy(radius, [0.0, 0.6, 1.0]) == {0.0: 2 / 3, 0.6: 1 / 3, 1.0: 0.0}
+
+
+def test_cached_norms_follow_parameter_updates():
+    """‖U‖₂/m is computed once per parameter version, and an optimizer step invalidates it."""
+    from mondeq import fc_mondeq, lipschitz_bound
+
+    model = fc_mondeq(6, 5, 3).double()
+    linear = model.layer.linear
+    calls = []
+    original = linear.input_norm
+    linear.input_norm = lambda: calls.append(1) or original()
+    first = lipschitz_bound(model)
+    assert lipschitz_bound(model) == first and len(calls) == 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(torch.randn(4, 6, dtype=torch.float64)).sum().backward()
+    optimizer.step()
+    updated = lipschitz_bound(model)
+    assert len(calls) == 2
+    assert updated == pytest.approx(float(torch.linalg.matrix_norm(linear.U.weight.detach(), 2)) / linear.m)
+    assert updated != first
