@@ -49,9 +49,8 @@ from pathlib import Path
 import torch
 
 from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
-from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
-from mondeq.distributed import (DistInfo, broadcast_object, epoch_order, rank_batches, setup, shard,
-                                teardown, unwrap, wrap_model)
+from mondeq.data import DATASETS, Augmentation, load_dataset, normalize
+from mondeq.distributed import DistInfo, broadcast_object, rank_batches, setup, shard, teardown, wrap_model
 from mondeq.schedules import SCHEDULES, make_schedule
 from mondeq.training import DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train_epoch
 from mondeq.tuning import AlphaTuner
@@ -265,6 +264,31 @@ def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> ar
     return merged
 
 
+def normalise(images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """Per-channel normalisation; one-channel data with the scalar statistics (bit for bit what
+    this program has always fed the MNIST models)."""
+    spec = DATASETS[dataset]
+    if len(spec.mean) == 1:
+        return normalize(images, spec.mean[0], spec.std[0])
+    return normalize(images, spec.mean, spec.std)
+
+
+def data_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The global sample order of ``epoch`` (1-based): the epoch-th permutation drawn from a CPU
+    generator seeded with ``seed``.
+
+    A pure function of (seed, epoch), like :func:`mondeq.distributed.epoch_order` (so a resumed
+    run and every rank recompute it without communication or saved state), and the very order
+    this program drew before it could resume exactly (one shared generator, a permutation per
+    epoch), so the default run keeps its numbers. Replaying costs one ``randperm`` per past
+    epoch (about a millisecond for MNIST).
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in range(epoch - 1):
+        torch.randperm(n, generator=generator)
+    return torch.randperm(n, generator=generator)
+
+
 def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
     """Training and this rank's test shard, placed on the device; the train set stays in pixel
     scale with --augment (crops pad with black, as torchvision's do, then normalise per batch)."""
@@ -273,10 +297,10 @@ def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
     x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
     if not args.augment:
-        x_train = normalize_dataset(x_train, args.dataset)
+        x_train = normalise(x_train, args.dataset)
     mine = shard(len(x_test), info)
     return (DeviceData(x_train, y_train, device),
-            DeviceData(normalize_dataset(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
+            DeviceData(normalise(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
 
 
 def gather_objects(obj) -> list:
@@ -403,13 +427,13 @@ class Run:
         """This rank's batches of ``epoch`` from step ``skip`` on: the order and the crops are pure
         functions of (seed, epoch, rank), so resuming needs no data-order state."""
         args = self.args
-        steps = rank_batches(epoch_order(len(self.train_data), seed=args.seed, epoch=epoch),
+        steps = rank_batches(data_order(len(self.train_data), seed=args.seed, epoch=epoch),
                              args.batch_size, self.info)[skip:]
         if self.augment is None:
             yield from self.train_data.batches(steps)
             return
         for x, y in self.train_data.batches(steps):
-            yield normalize_dataset(self.augment(x), args.dataset), y
+            yield normalise(self.augment(x), args.dataset), y
 
     def test_batches(self):
         n = len(self.test_data)
