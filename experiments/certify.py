@@ -31,9 +31,10 @@ import torch
 from mondeq import pgd, solver_settings
 from mondeq.certification import certify
 from mondeq.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
+from mondeq.training import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import MODELS  # noqa: E402  (the main job's model registry: one source of truth)
+from train import MODELS, build_model  # noqa: E402  (the main job's models: one source of truth)
 
 EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
 
@@ -102,12 +103,16 @@ def load_model(path: Path, dtype: torch.dtype,
     checkpoint = path / "checkpoint.pt" if path.is_dir() else path
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}; run experiments/train.py --out {path} first")
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
-    config = state["config"]
+    state = read_checkpoint(checkpoint, map_location=device)
+    config = {"dataset": "mnist", **state["config"]}
     if config["model"] not in MODELS:
         raise ValueError(f"checkpoint model {config['model']!r} is not in the registry {sorted(MODELS)}")
-    model = MODELS[config["model"]](argparse.Namespace(**config))
+    if config["dataset"] != "mnist":
+        raise ValueError(f"this program certifies MNIST models; the checkpoint was trained on {config['dataset']!r}")
+    model = build_model(argparse.Namespace(**config))
     model.load_state_dict(state["model"])
+    if state.get("alpha") is not None:  # the tuned step size the run ended with
+        model.layer.alpha = float(state["alpha"])
     return model.to(device=device, dtype=dtype).eval(), state
 
 

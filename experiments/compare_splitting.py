@@ -115,9 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------- model
 
 def build_model(config: dict) -> torch.nn.Module:
-    """The classifier described by a train.py config (fc, or conv once train.py has it)."""
+    """The classifier described by a train.py config (fc or the MNIST single-conv model)."""
+    if config.get("model", "fc") not in ("fc", "conv"):
+        raise SystemExit(f"compare_splitting handles fc and conv checkpoints, got {config['model']!r}")
     if config.get("model", "fc") == "conv":
-        return single_conv_mondeq(1, 28, int(config.get("channels", 54)), 10, m=float(config.get("m", 1.0)))
+        channels = config.get("channels") or 54  # train.py saves a list (or None: the default)
+        channels = int(channels[0] if isinstance(channels, (list, tuple)) else channels)
+        return single_conv_mondeq(1, 28, channels, 10, m=float(config.get("m", 1.0)))
     return fc_mondeq(784, int(config.get("hidden", 87)), 10, m=float(config.get("m", 1.0)))
 
 
