@@ -196,3 +196,10 @@ def test_checkpoint_every_n_steps_resumes_inside_the_epoch(tmp_path, monkeypatch
     torch.manual_seed(999)  # the resumed run must not depend on the process's RNG state
     train.main(["--resume", "--out", str(tmp_path / "cut")])
     _same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_replay_order_is_the_epoch_th_permutation_of_one_generator():
+    from mondeq.training.resume import replay_order
+    generator = torch.Generator().manual_seed(7)
+    for epoch in range(1, 5):
+        assert torch.equal(replay_order(100, seed=7, epoch=epoch), torch.randperm(100, generator=generator))

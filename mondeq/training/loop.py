@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from ..certification import certify
 from ..distributed import all_reduce_sum, unwrap
 from ..lipschitz import lipschitz_bound
-from ..models import MonDEQClassifier
 from ..progress import ProgressBar
 
 __all__ = ["EpochSums", "EpochStats", "Evaluation", "evaluate", "train_epoch"]
