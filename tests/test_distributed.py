@@ -118,7 +118,14 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned children
     try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        for attempt in range(2):
+            try:
+                mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+                break
+            except mp.ProcessRaisedException as error:
+                # another program may take the free port before rank 0 binds it: retry once
+                if attempt or "address already in use" not in str(error).lower():
+                    raise
     finally:
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS")
