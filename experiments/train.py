@@ -52,7 +52,8 @@ from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
 from mondeq.data import DATASETS, Augmentation, load_dataset, normalize
 from mondeq.distributed import DistInfo, broadcast_object, rank_batches, setup, shard, teardown, wrap_model
 from mondeq.schedules import SCHEDULES, make_schedule
-from mondeq.training import DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train_epoch
+from mondeq.training import (CheckpointError, DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint,
+                             save_checkpoint, train_epoch)
 from mondeq.training.resume import (ResumeConfigError, explicit_options, gather_objects, merge_saved_config,
                                     plain, replay_order)
 from mondeq.tuning import AlphaTuner
@@ -353,6 +354,10 @@ class Run:
         self.history, self.first_epoch = state["history"], state["epoch"] + 1
         extra = state.get("extra", {})
         self.partial = extra.get("partial")
+        if self.partial is not None and len(self.partial["ranks"]) != self.info.world_size:
+            raise SystemExit(f"error: {self.checkpoint} was written inside epoch {self.partial['epoch']} by "
+                             f"{len(self.partial['ranks'])} process(es); resume it with as many "
+                             f"(torchrun --nproc_per_node), not {self.info.world_size}")
         if self.tuner is not None and extra.get("tuner") is not None:
             self.tuner.load_state_dict(extra["tuner"])
         if self.loss_fn is not None:
@@ -435,17 +440,21 @@ def run(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
     model = wrap_model(run.model, info, device)
     n_params = sum(p.numel() for p in run.model.parameters())
     say(f"{args.dataset} {args.model} monDEQ, {n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
-        f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
+        f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}"
+        f"{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()
     for epoch in range(run.first_epoch, args.epochs + 1):
+        started = time.perf_counter()
         stats = run.train(model, epoch)
+        epoch_time = time.perf_counter() - started
         ev = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale,
                       certify_tol=args.certify_tol, epsilons=args.epsilons)
         run.history.append({
             "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
             "test_accuracy": ev.accuracy, "forward_iterations": stats.forward_iterations,
             "backward_iterations": stats.backward_iterations, "test_forward_iterations": ev.forward_iterations,
-            "step_time_ms": 1000 * stats.step_time, "lipschitz": ev.lipschitz,
+            "step_time_ms": 1000 * stats.step_time, "epoch_time_s": epoch_time,
+            "images_per_s": stats.samples / epoch_time, "lipschitz": ev.lipschitz,
             "certified": {str(k): v for k, v in ev.certified.items()}, "certificate_slack": ev.mean_slack,
             "train_eps": run.loss_fn.current_eps() * run.pixel_scale if run.loss_fn is not None else 0.0,
             "alpha": run.model.layer.alpha,
@@ -491,4 +500,7 @@ def report(run: Run, train_wall: float, say) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    try:
+        sys.exit(0 if main() is not None else 1)
+    except (FileNotFoundError, CheckpointError) as err:  # a missing or unreadable checkpoint
+        sys.exit(f"error: {err}")

@@ -104,10 +104,10 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
-                              f"checkpoint written by save_checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it or point "
-                              "--out at another run") from err
-    missing = [k for k in ("model", "optimizer", "epoch", "history", "config") if not isinstance(state, dict) or k not in state]
+                              f"checkpoint written by save_checkpoint ({type(err).__name__}); delete "
+                              "it or point --out at another run") from err
+    missing = [k for k in ("model", "optimizer", "epoch", "history", "config")
+               if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a file written by "
                               "save_checkpoint")
