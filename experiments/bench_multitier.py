@@ -112,7 +112,7 @@ def main() -> None:
     print(f"factorisation    {ms(factor[0])}        {ms(factor[1])}")
     print(f"resolvent apply  {ms(apply[0])}        {ms(apply[1])}    "
           f"(transposed: {ms(apply_t[0]).strip()} wall)")
-    print(f"W application    {ms(mv[0])}        {ms(mv[1])}    (direct convolutions)")
+    print(f"W application    {ms(mv[0])}        {ms(mv[1])}    (FFT, no graph)")
     print(f"training step    {ms(step[0])}        {ms(step[1])}    "
           f"({len(wall)} steps; wall min {ms(min(wall)).strip()}, max {ms(max(wall)).strip()})")
     print(f"iterations       forward {statistics.mean(fwd_it):.2f}, backward {statistics.mean(bwd_it):.2f}")

@@ -14,8 +14,8 @@ so the margin m is exact for any parameter values:
   the paper's ``conv2d(circular_pad(z), A_n, stride=2)``).
 
 U (with a bias) injects the zero-padded input into tier 0 only; tiers ≥ 1 have their own
-per-channel bias. ``mv``/``rmv`` apply W by direct convolutions (autograd gives the parameter
-gradients); the resolvent is exact and lives in :mod:`mondeq.tier_coupling`. A stride-2 map
+per-channel bias. ``mv``/``rmv`` apply W in the Fourier domain (:mod:`mondeq.multitier_apply`,
+exact derivatives); the resolvent is exact and lives in :mod:`mondeq.tier_coupling`. A stride-2 map
 needs an even grid, so every tier but the last has even height and width.
 """
 from __future__ import annotations
@@ -32,34 +32,8 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
-from .tier_coupling import (AliasMap, MultiTierResolvent, has_tangent, apply_multitier,
-                            conv_spectrum, multitier_blocks)
-
-
-def _circular(x: Tensor, p: int) -> Tensor:
-    return nnf.pad(x, (p, p, p, p), mode="circular") if p else x
-
-
-def _flip(kernel: Tensor) -> Tensor:
-    """Kernel of the adjoint of a centred circular cross-correlation: channels swapped, taps flipped."""
-    return kernel.transpose(0, 1).flip(-2, -1)
-
-
-def conv(x: Tensor, kernel: Tensor) -> Tensor:
-    """Circular 'same' cross-correlation with an odd ``(C_out, C_in, k, k)`` kernel."""
-    return nnf.conv2d(_circular(x, kernel.shape[-1] // 2), kernel)
-
-
-def down_conv(x: Tensor, kernel: Tensor) -> Tensor:
-    r""":math:`S x = D\,C x`: circular correlation on x's grid, then even rows and columns."""
-    return nnf.conv2d(_circular(x, kernel.shape[-1] // 2), kernel, stride=2)
-
-
-def up_conv(y: Tensor, kernel: Tensor, size: tuple[int, int]) -> Tensor:
-    r""":math:`S^\top y = C^\top D^\top y`: zeros between the samples of y, then the adjoint kernel."""
-    up = y.new_zeros(y.shape[0], y.shape[1], *size)
-    up[:, :, ::2, ::2] = y
-    return conv(up, _flip(kernel))
+from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
+from .tier_coupling import AliasMap, MultiTierResolvent, conv_spectrum, has_tangent
 
 
 class MultiConvOperator(LinearOperator):
@@ -105,7 +79,8 @@ class MultiConvOperator(LinearOperator):
         self._spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
         self._maps: list[AliasMap] | None = None
         self._graph_spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
-        self._blocks: dict[tuple[str, bool], list[tuple[Tensor, Tensor]]] = {}
+        self._blocks: dict[tuple[str, bool], list] = {}
+        self._memo: dict[str, tuple] = {}
         self._lipschitz: float | None = None
 
     @property
@@ -129,21 +104,36 @@ class MultiConvOperator(LinearOperator):
 
     def _apply(self, z: State, *, transpose: bool) -> State:
         kernels = [*self.a_kernels, *self.g_kernels, *self.s_kernels]
-        track = ((torch.is_grad_enabled() and any(k.requires_grad for k in kernels))
-                 or any(has_tangent(k) for k in kernels))
-        key = ("rmv" if transpose else "mv", track)
+        grad_kernels = torch.is_grad_enabled() and any(k.requires_grad for k in kernels)
+        dual = any(has_tangent(t) for t in (*z, *kernels))
+        if not (grad_kernels or dual or (torch.is_grad_enabled() and any(t.requires_grad for t in z))):
+            return self.apply_without_graph(z, transpose=transpose)
+        if grad_kernels and not dual and not any(t.requires_grad for t in z):
+            # the implicit layer's case: kernel gradients only, forward reused from the memo
+            return KernelGradApply.apply(self, transpose, self.tiers, *z, *kernels)
+        key = ("rmv" if transpose else "mv", True)
         if key not in self._blocks:
-            if track:  # spectra with a graph, built once per operator
-                if self._graph_spectra is None:
-                    self._graph_spectra = tuple(
-                        [conv_spectrum(k, s) for k, s in zip(ks, self.sizes)]
-                        for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
-                spectra = self._graph_spectra
-                self._blocks[key] = multitier_blocks(*spectra, self.m, transpose=transpose)
-            else:
-                with torch.no_grad():
-                    self._blocks[key] = multitier_blocks(*self.spectra(), self.m, transpose=transpose)
+            if self._graph_spectra is None:  # spectra with a graph, built once per operator
+                self._graph_spectra = tuple([conv_spectrum(k, s) for k, s in zip(ks, self.sizes)]
+                                            for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
+            self._blocks[key] = multitier_blocks(*self._graph_spectra, self.m, transpose=transpose)
         return apply_multitier(z, self._blocks[key], self.alias_maps(), self.sizes)
+
+    def apply_without_graph(self, z: State, *, transpose: bool) -> State:
+        """W z (or Wᵀ z) without a graph. The last result is kept and returned again for the same,
+        unmodified input (the solver's residual and the layer's application share a state)."""
+        key = "rmv" if transpose else "mv"
+        memo = self._memo.get(key)
+        if memo is not None and _same_state(memo[0], z) and all(
+                t._version == v for t, v in zip(memo[1], memo[2])):
+            return memo[1]
+        with torch.no_grad():
+            if (key, False) not in self._blocks:
+                self._blocks[(key, False)] = multitier_blocks(*self.spectra(), self.m, transpose=transpose)
+            out = apply_multitier(tuple(t.detach() for t in z), self._blocks[(key, False)],
+                                  self.alias_maps(), self.sizes)
+        self._memo[key] = (tuple((t, t._version) for t in z), out, tuple(t._version for t in out))
+        return out
 
     def spectra(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         r"""Detached blocks :math:`\hat A_i`, :math:`\hat G_i` (per tier) and :math:`\hat C_i` (per
@@ -180,6 +170,14 @@ class MultiConvOperator(LinearOperator):
         if self._lipschitz is None:
             self._lipschitz = _block_norm_bound(self)
         return self._lipschitz
+
+
+def _same_state(saved: tuple, z: State) -> bool:
+    """Whether ``z`` views the same, unmodified memory as a saved state (detached aliases share
+    the version counter; the saved tensors are held, so their memory cannot be reused)."""
+    return len(saved) == len(z) and all(
+        s.data_ptr() == t.data_ptr() and s.shape == t.shape and s.stride() == t.stride()
+        and t._version == version for (s, version), t in zip(saved, z))
 
 
 @torch.no_grad()

@@ -140,7 +140,16 @@ class AliasMap:
         flipped = ((-k) % hc) * wch + (-lf) % wc
         self.unfold_index = torch.where(mirror, flipped, direct).reshape(-1).to(device)
         self.unfold_conj = mirror.reshape(-1).to(device)
-        self.coarse_frequencies = hc * wch
+        self.coarse_frequencies = nc = hc * wch
+        # slot-major layout (4, nc): alias j of every coarse frequency is one contiguous block
+        self.slot_index = self.fold_index.T.reshape(-1)
+        self.slot_conj = self.fold_conj.T.reshape(-1)
+        k_src = torch.where(mirror, (-k) % h, k)
+        l_src = torch.where(mirror, (-lf) % w, lf)
+        slot = 2 * (k_src // hc) + l_src // wc
+        self.from_slots_index = (slot * nc + torch.where(mirror, flipped, direct)).reshape(-1).to(device)
+        self.from_slots_conj = self.unfold_conj
+        self._signs: dict[tuple[str, torch.dtype], Tensor] = {}
 
     def fold(self, x: Tensor) -> Tensor:
         """Fine half-spectrum tensor ``(nf, ...)`` → its four aliases ``(nf_coarse, 4, ...)``."""
@@ -153,7 +162,27 @@ class AliasMap:
 
     def unfold(self, y: Tensor) -> Tensor:
         r"""Coarse ``(nf_coarse, ...)`` → fine ``(nf, ...)``: every alias gets :math:`y(\omega')`."""
-        return _conj_where(y.index_select(0, self.unfold_index), self.unfold_conj)
+        return self._gather(y, "unfold")
+
+    def slots(self, x: Tensor) -> Tensor:
+        """Like :meth:`fold`, alias-major: ``(4, nf_coarse, ...)``, each alias contiguous."""
+        return self._gather(x, "slot").reshape(4, self.coarse_frequencies, *x.shape[1:])
+
+    def from_slots(self, v: Tensor) -> Tensor:
+        """Per-alias values ``(4, nf_coarse, ...)`` → the fine half spectrum ``(nf, ...)``."""
+        return self._gather(v.reshape(-1, *v.shape[2:]), "from_slots")
+
+    def _gather(self, x: Tensor, which: str) -> Tensor:
+        index = getattr(self, which + "_index")
+        out = x.index_select(0, index)
+        if out.requires_grad or has_tangent(out):
+            return _conj_where(out, getattr(self, which + "_conj"))
+        key = (which, out.real.dtype)
+        if key not in self._signs:
+            self._signs[key] = (1.0 - 2.0 * getattr(self, which + "_conj").to(out.real.dtype)).view(-1)
+        imag = torch.view_as_real(out)[..., 1]
+        imag.mul_(self._signs[key].view(-1, *(1,) * (imag.ndim - 1)))
+        return out
 
 
 def _conj_where(x: Tensor, mask: Tensor) -> Tensor:
@@ -170,112 +199,6 @@ def _conj_where(x: Tensor, mask: Tensor) -> Tensor:
 def has_tangent(x: Tensor) -> bool:
     """Whether ``x`` carries a forward-mode tangent (a dual tensor)."""
     return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
-
-
-class _RowMatmul(torch.autograd.Function):
-    r""":math:`Y = XM` for batched complex blocks, with products-only derivatives.
-
-    Reverse mode: :math:`\bar X = \bar Y M^H`, :math:`\bar M = X^H \bar Y` (PyTorch's conjugate
-    convention), the latter formed as :math:`\overline{X^\top \overline{\bar Y}}` so that BLAS gets
-    plain transposes (autograd's generic rule multiplies conjugated views, which are copied per
-    block here and cost several times the forward). Forward mode: :math:`\dot Y = \dot X M + X\dot M`.
-    The backward is built from differentiable operations, so higher derivatives are exact too.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, m: Tensor) -> Tensor:  # type: ignore[override]
-        return torch.matmul(x, m)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[override]
-        x, m = inputs
-        ctx.save_for_backward(x, m)
-        ctx.save_for_forward(x, m)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, m = ctx.saved_tensors
-        grad_x = grad_m = None
-        if ctx.needs_input_grad[0]:
-            grad_x = row_matmul(grad, m.mT.conj().resolve_conj())
-        if ctx.needs_input_grad[1]:
-            grad_m = row_matmul(x.mT, grad.conj().resolve_conj()).conj().resolve_conj()
-        return grad_x, grad_m
-
-    @staticmethod
-    def jvp(ctx, dx: Tensor | None, dm: Tensor | None) -> Tensor:  # type: ignore[override]
-        x, m = ctx.saved_tensors
-        out = None
-        if dx is not None:
-            out = torch.matmul(dx, m)
-        if dm is not None:
-            out = torch.matmul(x, dm) if out is None else out + torch.matmul(x, dm)
-        return out
-
-
-def row_matmul(x: Tensor, m: Tensor) -> Tensor:
-    """``x @ m`` for batched complex blocks; :class:`_RowMatmul` when a derivative is needed."""
-    if (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad)) or has_tangent(x) or has_tangent(m):
-        return _RowMatmul.apply(x, m)
-    return torch.matmul(x, m)
-
-
-def multitier_blocks(a_hat: list[Tensor], g_hat: list[Tensor], c_hat: list[Tensor], m: float, *,
-                     transpose: bool) -> list[tuple[tuple, tuple]]:
-    r"""Row-layout blocks of W (or Wᵀ) for :func:`apply_multitier`, per tier.
-
-    ``((Â_iᵀ, Ĉ_iᵀ, ((1 − m)I ± (Ĝ_iᴴ − Ĝ_i))ᵀ), ((−Â_iᴴ)ᵀ, (−½Ĉ_iᴴ)ᵀ))``, with ``None`` for the
-    stride-2 blocks of the last tier (the sign of G's skew part is + for W, − for Wᵀ).
-    Differentiable in the spectra.
-    """
-    blocks = []
-    tiers = len(a_hat)
-    for i in range(tiers):
-        a, g = a_hat[i], g_hat[i]
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        skew = g - g.mH if transpose else g.mH - g
-        c = c_hat[i] if i + 1 < tiers else None
-        blocks.append(((_rows(a), None if c is None else _rows(c), _rows((1.0 - m) * eye + skew)),
-                       (_rows(-a.mH), None if c is None else _rows(-0.5 * c.mH))))
-    return blocks
-
-
-def _rows(block: Tensor) -> Tensor:
-    """A block ``M`` in row layout: ``Mᵀ``, contiguous (samples are rows, so ``v @ Mᵀ`` applies M)."""
-    return block.mT.contiguous()
-
-
-def apply_multitier(z: State, blocks: list[tuple[tuple, tuple]], maps: list[AliasMap],
-                    sizes: list[tuple[int, int]]) -> State:
-    r""":math:`Wz` in the Fourier domain (blocks from :func:`multitier_blocks`).
-
-    .. math:: \widehat{Fz}_i = \hat A_i\hat z_i + \tfrac12\textstyle\sum_j \hat C_{i-1}(\omega_j)
-              \hat z_{i-1}(\omega_j),\qquad
-              \widehat{Wz}_i = \big((1-m)I + \hat G_i^H - \hat G_i\big)\hat z_i - \hat A_i^H
-              \widehat{Fz}_i - \tfrac12 \hat C_i^H\,\widehat{Fz}_{i+1}(\omega')
-
-    Differentiable in ``z`` and the blocks, in every autograd mode (FFTs, gathers and
-    :func:`row_matmul`).
-    """
-    tiers = len(z)
-    diag, conv, fz = [], [], []
-    for i in range(tiers):
-        z_hat = tier_rfft(z[i])
-        a_block, c_block, d_block = blocks[i][0]
-        f = row_matmul(z_hat, a_block)
-        if i > 0:
-            f = f + 0.5 * maps[i - 1].fold_sum(conv[i - 1])
-        conv.append(row_matmul(z_hat, c_block) if c_block is not None else None)
-        diag.append(row_matmul(z_hat, d_block))
-        fz.append(f)
-    out = []
-    for i in range(tiers):
-        a_adj, c_adj = blocks[i][1]
-        y = diag[i] + row_matmul(fz[i], a_adj)
-        if c_adj is not None:
-            y = y + row_matmul(maps[i].unfold(fz[i + 1]), c_adj)
-        out.append(tier_irfft(y, sizes[i]))
-    return tuple(out)
 
 
 class MultiTierResolvent(Resolvent):
@@ -323,8 +246,8 @@ class MultiTierResolvent(Resolvent):
             correction = alpha * (a_next.mH @ p @ hz)
             self._fwd.append({
                 "b": k_inv.mT.contiguous(),            # y ↦ K'⁻¹y
-                "e": e.mT.contiguous(),                # y ↦ L K'⁻¹y (before the fold)
-                "f": f.mT.contiguous(),
+                "e": maps[i].slots(e.mT),              # per alias: y ↦ ½Ĉ K'⁻¹y (summed: L K'⁻¹y)
+                "f": maps[i].slots(f.mT),              # per alias: q ↦ K'⁻¹ ½Ĉᴴ q
                 "gz": torch.cat([gz, z], dim=1).mT.contiguous(),        # w ↦ [ÂᴴZw, Zw]
                 "hz": hz.mT.contiguous(),
             })
@@ -343,7 +266,7 @@ class MultiTierResolvent(Resolvent):
                 gz, z = fwd["gz"][..., :c_next].mT, fwd["gz"][..., c_next:].mT
                 adj.append({
                     "b": _conj(fwd["b"].mT),
-                    "e": _conj(fwd["f"].mT),
+                    "e": _conj(fwd["f"].mT),           # alias layout commutes with ᵀ and conj
                     "f": _conj(fwd["e"].mT),
                     "gz": _conj(torch.cat([fwd["hz"].mT, z], dim=-1)),
                     "hz": _conj(gz),
@@ -363,7 +286,10 @@ class MultiTierResolvent(Resolvent):
         kept: list[tuple[Tensor, Tensor]] = []
         for i in range(tiers - 1):
             fac = factors[i]
-            w = self.maps[i].fold_sum(torch.matmul(y, fac["e"]))
+            y_slots, e = self.maps[i].slots(y), fac["e"]
+            w = torch.bmm(y_slots[0], e[0])
+            for j in range(1, 4):
+                w.baddbmm_(y_slots[j], e[j])
             sz = torch.matmul(w, fac["gz"])
             c_next = w.shape[-1]
             kept.append((torch.matmul(y, fac["b"]), sz[..., c_next:]))
@@ -373,7 +299,11 @@ class MultiTierResolvent(Resolvent):
         for i in range(tiers - 2, -1, -1):
             b, zw = kept[i]
             q = zw + torch.matmul(x, factors[i]["hz"])
-            x = b - torch.matmul(self.maps[i].unfold(q), factors[i]["f"])
+            f = factors[i]["f"]
+            per_alias = q.new_empty(4, *q.shape[:2], f.shape[-1])
+            for j in range(4):
+                torch.bmm(q, f[j], out=per_alias[j])
+            x = b - self.maps[i].from_slots(per_alias)
             out.append(tier_irfft(x, self.sizes[i]))
         return tuple(reversed(out))
 
