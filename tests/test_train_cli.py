@@ -108,3 +108,12 @@ def test_amp_step_runs_the_head_in_bfloat16_and_the_solve_in_float32():
     assert torch.isfinite(torch.tensor(stats.loss))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_step_milestones_are_epochs(train, tmp_path):
+    """--schedule step --milestones 1 --gamma 0.5: the lr halves once, after epoch 1's last step."""
+    train.main([*TINY, "--hidden", "12", "--epochs", "2", "--schedule", "step", "--milestones", "1",
+                "--gamma", "0.5", "--lr", "0.004", "--out", str(tmp_path)])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002, rel=1e-12)
+    assert state["scheduler"]["milestones"] == {64 // 32: 1}
