@@ -146,3 +146,18 @@ def test_backward_solve_warns_when_it_does_not_converge():
         warnings.simplefilter("error", ConvergenceWarning)
         layer.backward_tol, layer.backward_max_iter = 1e-6, 500
         layer(torch.randn(3, 6))[0].sum().backward()
+
+
+def test_functional_gradient_equals_autograd_gradient():
+    """torch.func.grad runs the backward with create_graph=True; first order stays exact."""
+    model = fc_mondeq(6, 8, 3, tol=1e-10, max_iter=1000).double()
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (x,)), y)
+
+    functional = torch.func.grad(loss)(params)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(functional[name], p.grad, atol=1e-12, rtol=1e-10)
