@@ -157,7 +157,8 @@ def _outer(x: Tensor, y: Tensor) -> Tensor:
 
 def _f_spectra(v_hat: list[Tensor], a_hat: list[Tensor], c_hat: list[Tensor],
                maps: list[AliasMap]) -> list[Tensor]:
-    r""":math:`\widehat{Fv}_i = \hat A_i\hat v_i + \tfrac12\sum_j \hat C_{i-1}(\omega_j)\hat v_{i-1}(\omega_j)`."""
+    r""":math:`\widehat{Fv}_i = \hat A_i\hat v_i
+    + \tfrac12\sum_j \hat C_{i-1}(\omega_j)\hat v_{i-1}(\omega_j)`, per tier."""
     out = []
     for i, v in enumerate(v_hat):
         f = torch.matmul(v, a_hat[i].mT)
