@@ -13,6 +13,7 @@ from mondeq.tier_coupling import AliasMap, tier_rfft
 from splitting import (InvalidSettingError, ReLU, equilibrium, forward_backward, max_stable_alpha,
                        peaceman_rachford)
 from splitting.state import flatten, unflatten
+from tests.conftest import cuda_only
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -322,3 +323,15 @@ def test_certified_radii_hold_against_pgd():
     with torch.no_grad():
         flipped = model(attack.x_adv).argmax(1) != cert.label
     assert not bool(flipped[cert.radius > 0].any())
+
+
+@cuda_only
+def test_cuda_matches_cpu():
+    op = random_operator((2, 3, 2), (8, 8))
+    cuda = MultiConvOperator([k.cuda() for k in op.a_kernels], [k.cuda() for k in op.g_kernels],
+                             [k.cuda() for k in op.s_kernels], op.m, op.sizes)
+    z = tuple(torch.randn(3, *s) for s in op.state_shape)
+    for got, want in ((cuda.mv(tuple(t.cuda() for t in z)), op.mv(z)),
+                      (cuda.resolvent(0.5).solve_t(tuple(t.cuda() for t in z)), op.resolvent(0.5).solve_t(z))):
+        torch.testing.assert_close(flatten(tuple(t.cpu() for t in got)), flatten(want))
+    assert cuda.lipschitz() == pytest.approx(op.lipschitz(), rel=1e-9)
