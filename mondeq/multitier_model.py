@@ -57,13 +57,14 @@ def multitier_conv_mondeq(in_channels: int = 1, image_size: int | tuple[int, int
                           nonlinearity: Prox | None = None, solver: str | Callable = "pr",
                           alpha: float = 1.0, tol: float = 1e-2, max_iter: int = 50,
                           backward_tol: float | None = None, backward_max_iter: int | None = None,
-                          pool_all_tiers: bool = False, pool_size: int = 1) -> MonDEQClassifier:
+                          pool_all_tiers: bool = False, pool_size: int = 4) -> MonDEQClassifier:
     """The paper's multi-tier convolutional monDEQ classifier (MNIST: channels (16, 32, 32)).
 
     Tiers have grids ``(image_size + 2·padding) / 2^i``: 28 → 28, 14, 7 on MNIST and 32 → 32, 16,
     8 on CIFAR-10/SVHN, both unpadded (the paper pads MNIST to 30, which cannot halve twice on
     an exact circular grid). The readout average-pools the last tier (every tier with
-    ``pool_all_tiers``) to ``pool_size × pool_size`` and a linear head maps it to logits.
+    ``pool_all_tiers``) to ``pool_size × pool_size`` (4 × 4, as the paper's code: 8 × 8 pooled by
+    2) and a linear head maps it to logits: 60,650 parameters on MNIST with the defaults.
 
     Args:
         in_channels, image_size: input shape (one int for square images).
@@ -73,7 +74,8 @@ def multitier_conv_mondeq(in_channels: int = 1, image_size: int | tuple[int, int
         nonlinearity, solver, alpha, tol, max_iter, backward_tol, backward_max_iter: see
             :class:`~mondeq.layer.MonDEQ`.
         pool_all_tiers: pool and concatenate every tier instead of the last.
-        pool_size: pooled grid side per tier.
+        pool_size: pooled grid side per tier (adaptive average pooling; 7 × 7 → 4 × 4 uses
+            overlapping windows, still a fixed linear map).
     """
     linear = MonotoneMultiConv(in_channels, channels, image_size, kernel_size=kernel_size,
                                padding=padding, m=m)

@@ -281,7 +281,7 @@ def test_module_gradients_reach_all_parameters():
 def test_builder_serves_mnist_and_cifar_shapes(in_channels, image_size, pool_all):
     torch.set_default_dtype(torch.float32)
     model = multitier_conv_mondeq(in_channels, image_size, (4, 8, 8), num_classes=10,
-                                  pool_all_tiers=pool_all, tol=1e-3)
+                                  pool_all_tiers=pool_all, pool_size=1, tol=1e-3)
     linear = model.layer.linear
     assert linear.sizes == [(image_size, image_size), (image_size // 2,) * 2, (image_size // 4,) * 2]
     assert model.head.in_features == (20 if pool_all else 8)
@@ -289,6 +289,13 @@ def test_builder_serves_mnist_and_cifar_shapes(in_channels, image_size, pool_all
     assert logits.shape == (3, 10) and bool(torch.isfinite(logits).all())
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_default_readout_pools_the_last_tier_to_four_by_four():
+    model = multitier_conv_mondeq(1, 28)
+    assert model.head.in_features == 32 * 16
+    assert sum(p.numel() for p in model.parameters()) == 16 * 9 + 16 + 9 * (2 * (16 * 16 + 2 * 32 * 32)
+                                                                             + 16 * 32 + 32 * 32) + 64 + 5130
 
 
 def test_readout_is_a_parameter_free_linear_map():
