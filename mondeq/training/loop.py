@@ -9,6 +9,7 @@ rank must therefore call these functions (they are collectives there).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -159,7 +160,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             start_event = torch.cuda.Event(enable_timing=True)
             start_event.record()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             logits, stats = model.forward_with_stats(x)
             loss = nn.functional.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
