@@ -340,7 +340,7 @@ class Run:
                        "ranks": gather_objects({k: partial[k] for k in ("sums", "augment")})}
         if not self.info.is_main:
             return
-        extra = {"partial": partial,"tuner": self.tuner.state_dict() if self.tuner is not None else None,
+        extra = {"partial": partial, "tuner": self.tuner.state_dict() if self.tuner is not None else None,
                  "loss_step": self.loss_fn.step if self.loss_fn is not None else None,
                  "norm_estimate": (self.loss_fn.norm_estimate.v if self.loss_fn is not None
                                    and self.loss_fn.norm_estimate is not None else None)}
@@ -412,12 +412,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     info, device = setup(args.device)
     try:
-        return run(args, info, device)
+        return execute(args, info, device)
     finally:
         teardown()
 
 
-def run(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
+def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
+    """Train (or finish training) the run ``args`` describes on this process's ``device``."""
     say = print if info.is_main else (lambda *a, **k: None)
     state = None
     if args.resume:
