@@ -124,7 +124,7 @@ def anderson(
         both = valid.unsqueeze(2) & valid.unsqueeze(1)
         d = torch.diagonal(gram, dim1=1, dim2=2).add(tiny).rsqrt()
         h = torch.where(both, gram * d.unsqueeze(2) * d.unsqueeze(1), 0)
-        h = h + torch.where(valid, regularisation, 1).unsqueeze(2) * eye
+        h = h + torch.where(valid, regularisation, 1.0).to(h.dtype).unsqueeze(2) * eye
         # solve_ex: no error check (no device sync); a singular system gives non-finite γ,
         # which the safeguard rejects.
         y = torch.linalg.solve_ex(h, torch.where(valid, d, 0))[0] * d

@@ -20,11 +20,12 @@ from quantities the step already has (no extra application of W):
 
 An estimate only *proposes* a stop: the loop then computes :math:`r(z)` directly (one application
 of W, once per solve in practice) and stops only if every sample meets ``tol``; otherwise it goes
-on and proposes again only below a halved threshold. NaN never meets ``tol`` and stops the
-solve as diverged.
+on, and the samples that failed propose again only below a threshold calibrated to how optimistic
+their estimate was. A solve that reaches ``max_iter`` checks its last state directly once. NaN
+never meets ``tol`` and stops the solve as diverged.
 
-On CUDA the stop decision is read one iteration late through a non-blocking copy of a two-flag
-tensor, so the loop never waits for the device mid-solve; the solve then runs at most one
+On CUDA the stop decision is read one iteration late through a non-blocking copy of one scalar
+(the worst residual over its threshold), so the loop never waits for the device mid-solve; the solve then runs at most one
 iteration past the first one at which every sample meets ``tol`` and reports that first
 iteration's state and count.
 """
@@ -98,7 +99,7 @@ class _Stopping:
     """The stopping bookkeeping of :func:`iterate`.
 
     Every sample has a proposal threshold, ``tol`` until a confirmation fails for it, then
-    halved. One scalar per iteration decides: the worst ``residual / threshold`` (NaN
+    calibrated to the estimate's observed optimism (:meth:`failed`). One scalar per iteration decides: the worst ``residual / threshold`` (NaN
     propagates), so the host reads a single number (on CUDA one iteration late, from pinned
     memory). Per-sample iteration counts come from the trace at the end, or, with masking, from
     counters updated on the device.
@@ -127,11 +128,17 @@ class _Stopping:
             self.settled = torch.where((self.settled == 0) & below, self.work, self.settled)
             self.active = ~below
 
-    def failed(self, direct: Tensor, k: int) -> None:
-        """A confirmation found ``direct > tol`` for some samples: tighten and unfreeze them."""
+    def failed(self, direct: Tensor, estimate: Tensor, k: int) -> None:
+        """A confirmation found ``direct > tol`` for some samples: tighten and unfreeze them.
+
+        Their threshold becomes the estimate that corresponds to 0.9·tol at the ratio just
+        observed, ``0.9·tol·estimate/direct``, kept below 0.9 of the old threshold (progress)
+        and above tol/1024 (an estimate of exactly 0 cannot stall the solve).
+        """
         failed = ~(direct <= self.tol)
         threshold = torch.full_like(direct, self.tol) if isinstance(self.threshold, float) else self.threshold
-        self.threshold = torch.where(failed, 0.5 * threshold, threshold)
+        calibrated = torch.minimum(0.9 * self.tol * estimate / direct, 0.9 * threshold).clamp(min=self.tol / 1024)
+        self.threshold = torch.where(failed, calibrated, threshold)
         self.reset_at = torch.where(failed, k, self.reset_at)
         if self.mask:
             self.settled = self.settled.masked_fill(failed, 0)
@@ -201,7 +208,7 @@ def iterate(
         if bool((direct <= tol).all()):
             record.true_residual = direct
             return "converged"
-        stopping.failed(direct, record.k)  # the estimate was optimistic for these samples
+        stopping.failed(direct, record.residual, record.k)  # the estimate was optimistic for these samples
         return "go"
 
     for k in range(1, int(max_iter) + 1):
@@ -234,10 +241,16 @@ def iterate(
                 final, converged = record, outcome == "converged"
                 break
     else:
+        final = previous
         if lagged and pending is not None:
             pending.event.synchronize()
             converged = decide(pending, float(host_score)) == "converged"
-        final = previous
+        if not converged and not exact:
+            # the cap came while estimates sat above tightened thresholds (round-off level in
+            # float32): the last state may still meet tol, so check it directly once
+            direct = _detached_residual(op, prox, bias, final.z)
+            final.true_residual = direct
+            converged = bool((direct <= tol).all())
     residuals = torch.stack(trace[: final.k])
     true_residual = final.true_residual
     return SolverResult(
