@@ -221,9 +221,13 @@ def measure(direction: str, name: str, alpha: float, problem: Problem, args: arg
     # No progress: the last residual is no better than the best of the first tenth of the run
     # (FB beyond its step limit oscillates with a bounded iterate when ReLU clips the unstable
     # direction; its residual never falls).
+    # Only a method without a convergence guarantee at this α can fail to progress: FB-based
+    # methods inside 0 < α < 2m/L² converge (slowly at small α: "not reached", never "div").
     early = trace[: max(10, len(trace) // 10)]
-    grew = (not all(math.isfinite(r) for r in trace)
-            or (len(trace) > len(early) and trace[-1] >= min(early)))
+    unguaranteed = fb_based and alpha >= max_stable_alpha(problem.op)
+    # (FB's first candidate is z0 = 0, whose relative residual is huge or inf: not divergence)
+    grew = (any(math.isnan(r) for r in trace)
+            or (unguaranteed and len(trace) > len(early) and trace[-1] >= min(early)))
     if iterations[min(THRESHOLDS)] is not None:
         status = "converged"
     elif blew_up or grew:
