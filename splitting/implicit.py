@@ -131,7 +131,7 @@ class _ImplicitNonlinearity(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode="forward"))
+        raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode="forward"))  # jacfwd, torch.vmap
 
 
 class _RefuseSecondOrder(torch.autograd.Function):
@@ -156,9 +156,10 @@ class _RefuseSecondOrder(torch.autograd.Function):
             "tangents are exact")
 
 
-VMAP_MESSAGE = ("{mode}-mode derivatives of a monDEQ equilibrium under vmap (torch.func.jacrev, "
-                "jacfwd, vmap) are not supported: the solver decides when to stop per batch; use "
-                "torch.autograd.functional.jacobian or loop over torch.func.jvp / vjp instead")
+VMAP_MESSAGE = ("vmap over a monDEQ equilibrium (torch.vmap, and torch.func.jacrev / jacfwd, which "
+                "vmap {mode}-mode derivatives) is not supported: the solver decides when to stop "
+                "from the whole batch; use torch.autograd.functional.jacobian or loop over "
+                "torch.func.jvp / vjp instead")
 
 
 def _refuse_batched(tensors, mode: str) -> None:

@@ -99,9 +99,9 @@ class _Stopping:
     """The stopping bookkeeping of :func:`iterate`.
 
     Every sample has a proposal threshold, ``tol`` until a confirmation fails for it, then
-    calibrated to the estimate's observed optimism (:meth:`failed`). One scalar per iteration decides: the worst ``residual / threshold`` (NaN
-    propagates), so the host reads a single number (on CUDA one iteration late, from pinned
-    memory). Per-sample iteration counts come from the trace at the end, or, with masking, from
+    calibrated to the estimate's observed optimism (:meth:`failed`). One scalar per iteration
+    decides: the worst ``residual / threshold`` (NaN propagates), so the host reads a single
+    number (on CUDA one iteration late, from pinned memory). Per-sample iteration counts come from the trace at the end, or, with masking, from
     counters updated on the device.
     """
 
