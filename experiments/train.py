@@ -50,7 +50,8 @@ import torch
 
 from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
 from mondeq.data import DATASETS, Augmentation, load_dataset, normalize
-from mondeq.distributed import DistInfo, broadcast_object, rank_batches, setup, shard, teardown, wrap_model
+from mondeq.distributed import (DistInfo, barrier, broadcast_object, rank_batches, setup, shard, teardown,
+                                wrap_model)
 from mondeq.schedules import SCHEDULES, make_schedule
 from mondeq.training import (CheckpointError, DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint,
                              save_checkpoint, train_epoch)
@@ -412,7 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     info, device = setup(args.device)
     try:
-        return execute(args, info, device)
+        result = execute(args, info, device)
+        barrier()  # rank 0 may still be writing: a rank that left early would abort the group
+        return result
     finally:
         teardown()
 
