@@ -83,7 +83,7 @@ def check_settings(op: LinearOperator, bias: State, *, tol: float, max_iter: int
             raise StateShapeError(f"{name} is an empty batch (0 samples); pass at least one sample")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """One iteration's candidate, its residual, and its stop score (see :class:`_Stopping`)."""
 
@@ -262,7 +262,7 @@ def iterate(
         residual_fn=(functools.partial(_detached_residual, op, prox, bias, final.z)
                      if true_residual is None else functools.partial(_constant, true_residual)),
         resolvent=resolvent,
-        sample_iterations=stopping.sample_iterations(residuals),
+        sample_iterations_fn=functools.partial(stopping.sample_iterations, residuals),
     )
 
 
@@ -288,7 +288,10 @@ def zero_solution_samples(prox: Prox, bias: State) -> Tensor | None:
     r"""Per-sample mask of problems whose solution is exactly :math:`z^\star = 0`, i.e.
     :math:`\sigma(b) = 0` (then :math:`\sigma(W0 + b) = 0`, and the solution is unique); ``None``
     when there is none (checked on the host only off CUDA)."""
-    zero = batch_norm(prox.apply(bias)) == 0
-    if bias[0].device.type != "cuda" and not bool(zero.any()):
+    nonzero = None
+    for t in prox.apply(bias):
+        tier = t.reshape(t.shape[0], -1).any(dim=1)
+        nonzero = tier if nonzero is None else nonzero | tier
+    if bias[0].device.type != "cuda" and bool(nonzero.all()):
         return None
-    return zero
+    return ~nonzero

@@ -43,12 +43,17 @@ class SolverResult:
     time: float
     residual_fn: Callable[[], Tensor] = field(compare=False)
     resolvent: Resolvent | None = None
-    sample_iterations: Tensor | None = None
+    sample_iterations_fn: Callable[[], Tensor] | None = field(default=None, compare=False)
 
     @cached_property
     def true_residual(self) -> Tensor:
         """Per-sample relative fixed-point residual of ``z`` (computed once, on first access)."""
         return self.residual_fn()
+
+    @cached_property
+    def sample_iterations(self) -> Tensor | None:
+        """Per-sample iteration counts (see the class docstring; computed on first access)."""
+        return None if self.sample_iterations_fn is None else self.sample_iterations_fn()
 
     @property
     def max_residual(self) -> float:
