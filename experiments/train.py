@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -52,30 +51,15 @@ from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
 from mondeq.data import DATASETS, Augmentation, load_dataset, normalize
 from mondeq.distributed import (DistInfo, barrier, broadcast_object, rank_batches, setup, shard, teardown,
                                 wrap_model)
-from mondeq.schedules import SCHEDULES, make_schedule
+from mondeq.schedules import make_schedule
 from mondeq.training import (CheckpointError, DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint,
                              save_checkpoint, train_epoch)
-from mondeq.training.resume import (ResumeConfigError, explicit_options, gather_objects, merge_saved_config,
-                                    plain, replay_order)
+from mondeq.training.resume import gather_objects, plain, replay_order
 from mondeq.tuning import AlphaTuner
-from splitting import SOLVERS
 
-EPSILONS = (0.1, 0.3, 0.5, 1.0)
-TIGHT_TOL = 1e-6
-"""Tolerance of the final re-solve that certifies with almost no slack."""
-CERTIFIED_EPOCHS = 30
-"""Default epochs with --certified-eps: Lipschitz-margin training converges slowly."""
-DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
-                    "multitier": {"mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)}}
-"""The paper's widths (Table 1) when --channels is not given."""
-MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "checkpoint_every", "amp"}
-"""Options that --resume accepts with a value other than the saved run's."""
-
-try:
-    from mondeq.multitier_model import multitier_conv_mondeq
-except ImportError:  # the multi-tier model is optional for this program
-    multitier_conv_mondeq = None
-MODELS = ("fc", "conv") + (("multitier",) if multitier_conv_mondeq is not None else ())
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_options, also when loaded by path
+from train_options import (DEFAULT_CHANNELS, MODELS, TIGHT_TOL,  # noqa: E402,F401 (MODELS: certify.py)
+                           multitier_conv_mondeq, parse_args, resume_config)
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -90,166 +74,6 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
             raise SystemExit(f"--channels: --model conv takes one value, got {list(channels)}")
         return single_conv_mondeq(spec.in_channels, spec.image_size, channels[0], spec.num_classes, **settings)
     return multitier_conv_mondeq(spec.in_channels, spec.image_size, channels, spec.num_classes, **settings)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder holding mnist/, cifar10/, svhn/ (default: $MONDEQ_DATA, the checkout's "
-                        "data/, then ~/.cache/mondeq)")
-    p.add_argument("--model", choices=MODELS, default="fc", help="architecture")
-    p.add_argument("--hidden", type=int, default=87, help="hidden units (fc)")
-    p.add_argument("--channels", type=int, nargs="+", default=None,
-                   help="conv: one width; multitier: one per tier (default: the paper's for the dataset)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"total training epochs (default: 4, or {CERTIFIED_EPOCHS} with --certified-eps)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch (summed over processes)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (peak)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning-rate schedule")
-    p.add_argument("--milestones", type=int, nargs="+", default=None,
-                   help="epochs at which --schedule step multiplies the lr by --gamma (default: "
-                        "every quarter of the run)")
-    p.add_argument("--gamma", type=float, default=0.1, help="step-decay factor")
-    p.add_argument("--augment", action="store_true",
-                   help="random crop (4 pixels of zero padding) and, on cifar10, horizontal flips")
-    p.add_argument("--m", type=float, default=1.0, help="monotonicity margin m > 0")
-    p.add_argument("--solver", choices=sorted(SOLVERS), default="pr", help="splitting method")
-    p.add_argument("--alpha", type=float, default=1.0, help="splitting step size")
-    p.add_argument("--tune-alpha-every", type=int, default=0, metavar="N",
-                   help="every N training steps, re-pick α on that batch by halving from 1 while "
-                        "forward + backward iterations fall (mondeq.tuning); 0: keep --alpha")
-    p.add_argument("--tol", type=float, default=1e-2, help="forward/backward relative residual")
-    p.add_argument("--max-iter", type=int, default=50, help="solver iteration cap")
-    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
-                   help="ℓ2 radii (pixel scale [0, 1]) for certified accuracy")
-    p.add_argument("--certify-tol", type=float, default=None,
-                   help="re-solve at this tolerance before certifying each epoch (default: --tol, or "
-                        f"{TIGHT_TOL:g} with --certified-eps)")
-    g = p.add_argument_group("certified training")
-    g.add_argument("--certified-eps", type=float, default=0.0,
-                   help="train for this certified ℓ2 radius (pixel scale) with the Lipschitz-margin "
-                        "loss; 0 trains with plain cross entropy")
-    g.add_argument("--certified-warmup", type=float, default=0.0,
-                   help="fraction of training with plain cross entropy before ε starts to rise")
-    g.add_argument("--certified-ramp", type=float, default=0.3,
-                   help="fraction of training over which ε rises linearly to --certified-eps")
-    g.add_argument("--power-iterations", type=int, default=0,
-                   help="estimate ‖U‖₂ in the loss by this many warm-started power steps per batch")
-    g.add_argument("--lipschitz-penalty", type=float, default=0.0,
-                   help="weight λ of λ·max(0, ‖U‖₂/m − target)² added to the loss")
-    g.add_argument("--lipschitz-target", type=float, default=0.0,
-                   help="‖U‖₂/m (normalised input scale) above which the penalty acts")
-    r = p.add_argument_group("devices and runs")
-    r.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
-    r.add_argument("--amp", action="store_true", help="training step under bfloat16 autocast")
-    r.add_argument("--out", type=Path, default=None, help="output folder (default: runs/{dataset}_{model})")
-    r.add_argument("--resume", action="store_true",
-                   help="continue OUT/checkpoint.pt with its saved configuration")
-    r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="also checkpoint every N training steps (0: after each epoch only)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    r.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    return p
-
-
-POSITIVE_INTS = ("hidden", "epochs", "batch_size", "max_iter", "train_limit", "test_limit")
-NON_NEGATIVE_INTS = ("tune_alpha_every", "power_iterations", "checkpoint_every")
-POSITIVE_FLOATS = ("lr", "m", "alpha", "tol", "certify_tol")
-
-
-def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse values that would fail later, silently misbehave, or are not finite."""
-    for name, value in vars(args).items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            p.error(f"--{name.replace('_', '-')} must be finite, got {value}")
-    for name in POSITIVE_INTS:
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    for name in NON_NEGATIVE_INTS:
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(args, name)}")
-    for name in POSITIVE_FLOATS:
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.channels is not None and min(args.channels) < 1:
-        p.error(f"--channels must be ≥ 1, got {args.channels}")
-    if args.model == "conv" and args.channels is not None and len(args.channels) != 1:
-        p.error(f"--channels: --model conv takes one value, got {args.channels}")
-    if args.milestones is not None and (min(args.milestones) < 1 or args.milestones != sorted(args.milestones)):
-        p.error(f"--milestones must be increasing epochs ≥ 1, got {args.milestones}")
-    if not 0 < args.gamma <= 1:
-        p.error(f"--gamma must be in (0, 1], got {args.gamma}")
-    if min(args.epsilons) < 0 or args.certified_eps < 0:
-        p.error("--epsilons and --certified-eps must be ≥ 0")
-    if not 0 <= args.certified_warmup <= 1 or not 0 <= args.certified_ramp <= 1:
-        p.error("--certified-warmup and --certified-ramp must be in [0, 1]")
-    if args.lipschitz_penalty < 0:
-        p.error("--lipschitz-penalty must be ≥ 0")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            p.error(f"--device {args.device} is not a device; use cpu, cuda or cuda:K")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
-    validate(p, args)
-    args.explicit = explicit_options(p, argv)
-    if args.out is None:
-        args.out = Path(f"runs/{args.dataset}_{args.model}")
-    return finish_defaults(args)
-
-
-def finish_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    if args.epochs is None:
-        args.epochs = CERTIFIED_EPOCHS if args.certified_eps > 0 else 4
-    if args.certified_eps > 0 and args.certified_eps not in args.epsilons:
-        args.epsilons = sorted([*args.epsilons, args.certified_eps])
-    if args.certified_eps > 0 and args.certify_tol is None:
-        # certified-trained models have large states and ‖I − W‖: at --tol the slack would eat
-        # most radii, so certify from tight solves (cheap next to an epoch of training)
-        args.certify_tol = TIGHT_TOL
-    return args
-
-
-def length_dependent(config: dict) -> str | None:
-    """Why this run's schedule depends on its total length (None when it does not)."""
-    if config["schedule"] in ("cosine", "onecycle"):
-        return f"its {config['schedule']} schedule is planned over all epochs"
-    if config["schedule"] == "step" and not config.get("milestones"):
-        return "its step schedule decays at quarters of the run (give --milestones to fix them)"
-    if config.get("certified_eps", 0) > 0 and (config.get("certified_ramp", 0) or config.get("certified_warmup", 0)):
-        return "its certified-training ε ramp is a fraction of the run"
-    return None
-
-
-def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> argparse.Namespace:
-    """The saved run's settings, with the few options that may change (``MAY_CHANGE_ON_RESUME``)
-    taken from the command line; any other typed option that differs is refused by name."""
-    try:
-        merged = merge_saved_config(saved, vars(args), args.explicit, may_change=MAY_CHANGE_ON_RESUME,
-                                    source=checkpoint)
-    except ResumeConfigError as err:
-        raise SystemExit(f"error: {err}") from None
-    merged = argparse.Namespace(**merged)
-    merged.out, merged.resume = args.out, True
-    if "data_root" not in args.explicit:
-        merged.data_root = Path(saved["data_root"]) if saved.get("data_root") else None
-    if merged.epochs != saved["epochs"] and length_dependent(saved):
-        raise SystemExit(f"error: --epochs {merged.epochs} would change the length of the run saved in "
-                         f"{checkpoint} ({saved['epochs']} epochs), but {length_dependent(saved)}: the "
-                         "resumed run would differ from any uninterrupted one. Resume without "
-                         "--epochs, or start a new run (--schedule constant, or step with "
-                         "--milestones, can be extended).")
-    return merged
 
 
 def normalise(images: torch.Tensor, dataset: str) -> torch.Tensor:
