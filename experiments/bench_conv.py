@@ -33,19 +33,9 @@ import torch
 
 from mondeq import single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize
+from mondeq.training import device_arg
 
 PAPER_STEP, PAPER_FACTOR, PAPER_APPLY = 3.37, 0.40, 0.22
-
-
-def device_arg(text: str) -> torch.device:
-    """``--device``: a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 class Clock:

@@ -24,17 +24,7 @@ import torch
 from mondeq import fc_mondeq
 from mondeq.data import batches, load_mnist, normalize
 from splitting import SOLVERS
-
-
-def device_arg(text: str) -> torch.device:
-    """``--device``: a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    return device
+from mondeq.training import device_arg
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

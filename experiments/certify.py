@@ -32,6 +32,7 @@ from mondeq import pgd, solver_settings
 from mondeq.certification import certify
 from mondeq.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
 from mondeq.training import read_checkpoint
+from mondeq.training import device_arg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import MODELS, build_model  # noqa: E402  (the main job's models: one source of truth)
@@ -59,17 +60,6 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
-
-
-def device_arg(text: str) -> torch.device:
-    """``--device``: a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -47,19 +47,9 @@ from mondeq import fc_mondeq, single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize, num_batches
 from mondeq.training import train_epoch
 from splitting import SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha, peaceman_rachford
+from mondeq.training import device_arg
 
 THRESHOLDS = (1e-2, 1e-4, 1e-6)
-
-
-def device_arg(text: str) -> torch.device:
-    """``--device``: a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def synchronize(device: torch.device) -> None:

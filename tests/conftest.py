@@ -41,3 +41,33 @@ def random_params(n_in: int = 4, n: int = 5, batch: int = 3) -> tuple[torch.Tens
             (0.3 * torch.randn(n)).requires_grad_(),
             (0.6 * torch.randn(n, n)).requires_grad_(),
             (0.6 * torch.randn(n, n)).requires_grad_())
+
+
+def load_experiment(name: str):
+    """Import ``experiments/<name>.py`` as a module (the programs are scripts, not a package);
+    the folder is on ``sys.path`` while it loads, for programs that import a sibling."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_experiment", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a URL fails the test (the data tests must stay offline)."""
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("test attempted network access")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)

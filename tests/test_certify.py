@@ -12,6 +12,7 @@ from mondeq.models import single_conv_mondeq
 from mondeq.training import train_epoch
 from splitting import DenseOperator, ReLU, SoftThreshold, peaceman_rachford
 from splitting.state import batch_norm
+from tests.conftest import load_experiment
 
 TIGHT = dict(tol=1e-12, max_iter=5_000)
 
@@ -266,21 +267,6 @@ def test_certified_training_enlarges_certified_radii():
 
 
 # --- the command-line programs -----------------------------------------------------------------
-
-def load_experiment(name):
-    import importlib.util
-    import sys
-    from pathlib import Path
-    folder = Path(__file__).resolve().parents[1] / "experiments"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_experiment", folder / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
-
 
 def test_certified_training_job_and_certify_script(tmp_path, capsys):
     torch.set_default_dtype(torch.float32)

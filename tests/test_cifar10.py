@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,7 @@ from mondeq.data import cifar10 as cifar_module
 from tests.fake_datasets import write_fake_cifar10
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def _refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("test attempted network access")
-
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # tests/conftest.py
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:

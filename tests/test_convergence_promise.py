@@ -14,7 +14,7 @@ from mondeq import MonDEQ, MonotoneLinear
 from mondeq.conv import MonotoneConv
 from splitting import (SOLVERS, ConvergenceWarning, NonFiniteInputError, ReLU, SoftThreshold,
                        StepSizeWarning, max_stable_alpha, peaceman_rachford)
-from splitting.state import flatten, unflatten
+from splitting.state import flatten
 from tests.conftest import make_dense
 
 ALPHAS = (1.0, 1 / 4, 1 / 16, 1 / 64)

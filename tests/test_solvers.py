@@ -1,10 +1,9 @@
 """Forward solvers: same unique fixed point from any start, true residual, errors."""
-import warnings
 
 import pytest
 import torch
 
-from splitting import (ConvergenceWarning, InvalidSettingError, ReLU, SoftThreshold, StateShapeError,
+from splitting import (InvalidSettingError, ReLU, SoftThreshold, StateShapeError,
                        StepSizeWarning, forward_backward, max_stable_alpha, natural_residual,
                        peaceman_rachford)
 from tests.conftest import make_dense

@@ -11,7 +11,7 @@ from mondeq.tuning import HALVINGS, AlphaTuner, tune_alpha
 from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
                        anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
                        peaceman_rachford)
-from tests.conftest import dense_weight, make_dense, random_params
+from tests.conftest import dense_weight, load_experiment, make_dense, random_params
 
 NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
 NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb"]
@@ -293,27 +293,11 @@ def test_compare_splitting_reports_divergence_without_crashing(tmp_path):
     assert "| fb | div |" in (tmp_path / "out" / "comparison.md").read_text()
 
 
-def _load_experiment(name):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "experiments"
-    sys.path.insert(0, str(folder))  # the experiment imports its sibling compare_splitting
-    try:
-        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
-
-
 def test_pr_spectrum_matrix_is_the_linearised_peaceman_rachford_map():
     """(2R − I)(2P − I) is the derivative of PR's map at its fixed point u* = z* + α(Wz* + b − z*)."""
     from splitting.peaceman_rachford import rachford_step
 
-    spectrum = _load_experiment("pr_spectrum")
+    spectrum = load_experiment("pr_spectrum")
     op, bias = problem(batch=3)
     alpha = 0.6
     z = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-14, max_iter=20_000).z[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,7 @@ from mondeq.data import svhn as svhn_module
 from tests.fake_datasets import write_fake_svhn
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def _refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("test attempted network access")
-
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # tests/conftest.py
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:

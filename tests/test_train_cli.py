@@ -1,6 +1,5 @@
 """The main job's command line: bad values are refused with a message naming the option, --resume
 keeps the saved configuration and refuses contradicting options, --out follows the model, --amp."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,21 +7,15 @@ import torch
 
 from mondeq import fc_mondeq
 from mondeq.training import train_epoch
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-limit", "64", "--test-limit", "16", "--batch-size", "32", "--epsilons", "0.1"]
 
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def train():
-    return load_train_module()
+    return load_experiment("train")
 
 
 @pytest.mark.parametrize("argv, option", [

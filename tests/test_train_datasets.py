@@ -1,7 +1,6 @@
 """The main job on CIFAR-10 and SVHN files in the official formats (written by the test into a
 temporary data root): it trains, learns, reports pixel-scale figures with the smallest channel
 std, and --augment is reproducible from the seed."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,21 +9,15 @@ import torch
 
 from mondeq.data import DATASETS
 from tests.fake_datasets import write_fake_cifar10, write_fake_svhn
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hidden", "20", "--batch-size", "32", "--lr", "1e-2", "--epsilons", "0.1"]
 
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def train():
-    return load_train_module()
+    return load_experiment("train")
 
 
 @pytest.fixture(scope="module")

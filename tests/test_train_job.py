@@ -1,19 +1,12 @@
 """The main job end to end on a small slice of MNIST: outputs, checkpoint and --resume."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -22,7 +15,7 @@ def float32():
 
 
 def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
-    train = load_train_module()
+    train = load_experiment("train")
     # a constant learning rate can be extended by --resume --epochs (a cosine one cannot)
     common = ["--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--schedule", "constant",
               "--out", str(tmp_path)]
@@ -44,7 +37,7 @@ def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, float32):
-    train = load_train_module()
+    train = load_experiment("train")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.main(["--epochs", "1", "--resume", "--train-limit", "64", "--test-limit", "64",
                     "--out", str(tmp_path)])

@@ -9,7 +9,7 @@
 """
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, read_checkpoint, restore_rng, save_checkpoint
 from .loop import EpochStats, EpochSums, Evaluation, evaluate, train_epoch
-from .placement import DeviceData
+from .placement import DeviceData, device_arg
 
-__all__ = ["CheckpointError", "DeviceData", "EpochStats", "EpochSums", "Evaluation", "capture_rng", "evaluate",
+__all__ = ["CheckpointError", "DeviceData", "device_arg", "EpochStats", "EpochSums", "Evaluation", "capture_rng", "evaluate",
            "load_checkpoint", "read_checkpoint", "restore_rng", "save_checkpoint", "train_epoch"]
