@@ -27,6 +27,7 @@ def head_matrix(model: MonDEQClassifier) -> Tensor:
     Same as :meth:`MonDEQClassifier.head_matrix` but keeps the graph to the head's parameters
     (the readout is affine and parameter-free, so :math:`H` is the Jacobian at zero).
     """
+    model.check_affine()  # the margin constants assume logits = H z + c
     if isinstance(model.readout, FlattenState):
         return model.head.weight
     zero = tuple(t.detach() for t in model.layer.linear.operator().zeros(1))

@@ -176,3 +176,17 @@ def test_certify_is_importable_as_a_function():
     model = fc_mondeq(6, 5, 3, tol=1e-8, max_iter=500).double()
     cert = certify(model, torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))
     assert callable(certify) and cert.radius.shape == (4,)
+
+
+def test_lipschitz_margin_loss_refuses_a_non_affine_readout():
+    from mondeq import LipschitzMarginLoss
+    from mondeq.models import MonDEQClassifier, NonAffineReadoutError
+
+    class SquaredReadout(torch.nn.Module):
+        def forward(self, z):
+            return z[0] ** 2
+
+    model = MonDEQClassifier(MonDEQ(make_dense(n_in=6, n=5)), torch.nn.Linear(5, 3), readout=SquaredReadout())
+    loss = LipschitzMarginLoss(model.double(), 0.5)
+    with pytest.raises(NonAffineReadoutError):
+        loss(model(torch.randn(4, 6, dtype=torch.float64)), torch.tensor([0, 1, 2, 0]))
