@@ -19,8 +19,10 @@ DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report a
                "iterations, Lipschitz bound and certified ℓ2 accuracy.")
 
 EPSILONS = (0.1, 0.3, 0.5, 1.0)
-TIGHT_TOL = 1e-6
-"""Tolerance of the final re-solve that certifies with almost no slack."""
+TIGHT_TOL = 1e-5
+"""Tolerance of the final re-solve that certifies with almost no slack. Float32 solves reach a
+true relative residual near 1e-6 at best (round-off), so 1e-6 would sometimes never be confirmed;
+1e-5 is, and its slack (a few 1e-5 pixel) is still negligible next to the radii."""
 CERTIFIED_EPOCHS = 30
 """Default epochs with --certified-eps: Lipschitz-margin training converges slowly."""
 DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},

@@ -273,7 +273,7 @@ def test_certified_training_job_and_certify_script(tmp_path, capsys):
     train_job, certify_job = load_experiment("train"), load_experiment("certify")
     report = train_job.main(["--epochs", "1", "--train-limit", "512", "--test-limit", "128",
                              "--batch-size", "64", "--certified-eps", "1.58", "--out", str(tmp_path)])
-    assert "1.58" in report["final"]["certified"] and report["config"]["certify_tol"] == 1e-6
+    assert "1.58" in report["final"]["certified"] and report["config"]["certify_tol"] == 1e-5
     assert report["history"][-1]["train_eps"] > 0
     result = certify_job.main([str(tmp_path), "--test-limit", "64", "--steps", "5", "--restarts", "1",
                                "--epsilons", "0.1", "1.58"])
