@@ -52,6 +52,25 @@ def test_epoch_figures_do_not_depend_on_where_batches_come_from(device):
     assert a[2] == 40 and set(a[4]) == {0.01}
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sums_read_mid_epoch_carry_the_step_time_so_far(device):
+    """``after_step`` sees the epoch's running sums; reading them (a checkpoint) includes the time
+    of every step taken, and the epoch's mean step time is the last read's total over the steps."""
+    x, y = _data()
+    torch.manual_seed(0)
+    model = fc_mondeq(12, 6, 3).float().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8)]
+    reads = []
+    stats = train_epoch(model, opt, batches, steps=5, progress=False,
+                        after_step=lambda sums: reads.append(sums.state_dict()))
+    assert [r["steps"] for r in reads] == [1, 2, 3, 4, 5]
+    assert [r["seen"] for r in reads] == [8, 16, 24, 32, 40]
+    times = [r["step_time"] for r in reads]
+    assert 0 < times[0] and all(a < b for a, b in zip(times, times[1:]))
+    assert stats.step_time == pytest.approx(times[-1] / 5, rel=1e-12)
+
 @cuda_only
 def test_cuda_run_writes_a_checkpoint_that_loads_on_the_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")

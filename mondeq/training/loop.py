@@ -88,9 +88,19 @@ class EpochSums:
     backward_iterations: Tensor | int = 0
     step_time: float = 0.0
     steps: int = 0
+    pending: list = field(default_factory=list, repr=False, compare=False)
+    """CUDA (start, end) event pairs of steps whose time is not yet in ``step_time``."""
+
+    def settle(self) -> None:
+        """Add the steps timed by CUDA events to ``step_time`` (waits for the last of them)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.step_time += sum(a.elapsed_time(b) for a, b in self.pending) / 1000.0
+            self.pending.clear()
 
     def state_dict(self) -> dict[str, float | int]:
-        """Plain numbers (reads device values: a host synchronisation)."""
+        """Plain numbers, step timing included (reads device values: a host synchronisation)."""
+        self.settle()
         return {"loss": float(self.loss), "correct": int(self.correct), "seen": self.seen,
                 "forward_iterations": int(self.forward_iterations),
                 "backward_iterations": int(self.backward_iterations), "step_time": self.step_time,
@@ -139,7 +149,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             synchronisation on CUDA).
         sums: the running sums of an epoch resumed mid-way (``data`` then holds only the
             remaining batches and ``steps`` still counts the whole epoch).
-        after_step: ``after_step(sums)`` called after every step (e.g. a periodic checkpoint).
+        after_step: ``after_step(sums)`` called after every step (e.g. a periodic checkpoint);
+            it costs no synchronisation unless it reads the sums (``sums.state_dict()``).
     """
     model.train()
     device = _model_device(model)
@@ -151,7 +162,6 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     if bar is not None and acc.steps:
         bar.update(acc.steps, loss=float(acc.loss) / max(acc.seen, 1))
     shown = float("nan")
-    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
     for x, y in data:
         x, y = _to(x, device), _to(y, device)
         if on_batch is not None:
@@ -171,7 +181,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         if cuda:
             end_event = torch.cuda.Event(enable_timing=True)
             end_event.record()
-            events.append((start_event, end_event))
+            acc.pending.append((start_event, end_event))
         else:
             acc.step_time += time.perf_counter() - start
         acc.steps += 1
@@ -186,16 +196,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 shown = float(acc.loss) / acc.seen
             bar.update(loss=shown)
         if after_step is not None:
-            if cuda:  # the timing so far, so that a checkpoint carries it
-                torch.cuda.synchronize(device)
-                acc.step_time += sum(a.elapsed_time(b) for a, b in events) / 1000.0
-                events.clear()
             after_step(acc)
     if bar is not None:
         bar.close()
-    if cuda:
-        torch.cuda.synchronize(device)
-        acc.step_time += sum(a.elapsed_time(b) for a, b in events) / 1000.0
+    acc.settle()
 
     def f64(v) -> Tensor:
         return torch.as_tensor(v, dtype=torch.float64, device=device)
