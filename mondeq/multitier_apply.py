@@ -30,6 +30,7 @@ from torch import Tensor
 
 from splitting import State
 
+from .fft import half_spectrum_weights
 from .tier_coupling import AliasMap, conv_spectrum, has_tangent, tier_irfft, tier_rfft
 
 
@@ -139,17 +140,6 @@ def apply_multitier(z: State, blocks: list[tuple[tuple, tuple]], maps: list[Alia
     return tuple(out)
 
 
-
-
-def half_spectrum_multiplicity(size: tuple[int, int], like: Tensor) -> Tensor:
-    """``(H·(W//2+1), 1, 1)``: how many full-spectrum frequencies each half-spectrum one stands for
-    (2 for columns ``0 < ω_w < W/2``, else 1)."""
-    h, w = size
-    cols = torch.ones(w // 2 + 1, dtype=like.real.dtype, device=like.device)
-    cols[1: w - w // 2] = 2.0
-    return cols.repeat(h).view(-1, 1, 1)
-
-
 def _outer(x: Tensor, y: Tensor) -> Tensor:
     r""":math:`\sum_b x_b y_b^H` per frequency: ``(nf, B, p), (nf, B, q) → (nf, p, q)``."""
     return torch.matmul(x.mT, y.conj())
@@ -198,7 +188,7 @@ class KernelGradApply(torch.autograd.Function):
         fa, fb = _f_spectra(a, a_hat, c_hat, maps), _f_spectra(b, a_hat, c_hat, maps)
         grad_a, grad_g, grad_c = [], [], []
         for i in range(tiers):
-            w = half_spectrum_multiplicity(op.sizes[i], a[i])
+            w = half_spectrum_weights(op.sizes[i], a[i])
             grad_a.append(-w * (_outer(fa[i], b[i]) + _outer(fb[i], a[i])))
             ba = _outer(b[i], a[i])
             grad_g.append(w * (ba - ba.mH))

@@ -52,11 +52,6 @@ from torch import Tensor
 from splitting import Resolvent, State
 
 
-def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype matching a real floating dtype."""
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
 def tier_rfft(x: Tensor) -> Tensor:
     """``(B, C, H, W)`` real → ``(H·(W//2+1), B, C)`` orthonormal half spectrum, contiguous."""
     b, c = x.shape[:2]
