@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
-from mondeq.data import DATASETS, Augmentation, load_dataset, normalize
+from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
 from mondeq.distributed import (DistInfo, barrier, broadcast_object, rank_batches, setup, shard, teardown,
                                 wrap_model)
 from mondeq.schedules import make_schedule
@@ -76,15 +76,6 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     return multitier_conv_mondeq(spec.in_channels, spec.image_size, channels, spec.num_classes, **settings)
 
 
-def normalise(images: torch.Tensor, dataset: str) -> torch.Tensor:
-    """Per-channel normalisation; one-channel data with the scalar statistics (bit for bit what
-    this program has always fed the MNIST models)."""
-    spec = DATASETS[dataset]
-    if len(spec.mean) == 1:
-        return normalize(images, spec.mean[0], spec.std[0])
-    return normalize(images, spec.mean, spec.std)
-
-
 def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
     """Training and this rank's test shard, placed on the device; the train set stays in pixel
     scale with --augment (crops pad with black, as torchvision's do, then normalise per batch)."""
@@ -93,10 +84,10 @@ def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
     x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
     if not args.augment:
-        x_train = normalise(x_train, args.dataset)
+        x_train = normalize_dataset(x_train, args.dataset)
     mine = shard(len(x_test), info)
     return (DeviceData(x_train, y_train, device),
-            DeviceData(normalise(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
+            DeviceData(normalize_dataset(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -226,7 +217,7 @@ class Run:
             yield from self.train_data.batches(steps)
             return
         for x, y in self.train_data.batches(steps):
-            yield normalise(self.augment(x), args.dataset), y
+            yield normalize_dataset(self.augment(x), args.dataset), y
 
     def test_batches(self):
         n = len(self.test_data)

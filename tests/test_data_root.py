@@ -125,7 +125,8 @@ def test_per_channel_normalize_matches_a_loop_and_inverts() -> None:
     assert torch.allclose(denormalize(y, spec.mean, spec.std), x)
     assert torch.equal(normalize(x[:, :1], 0.5, 0.25), (x[:, :1] - 0.5) / 0.25)
     m = torch.rand(2, 1, 28, 28, dtype=torch.float64)
-    assert torch.allclose(normalize_dataset(m, "mnist"), normalize(m))   # scalar default = MNIST
+    assert torch.equal(normalize_dataset(m, "mnist"), normalize(m))      # scalar default = MNIST
+    assert torch.equal(normalize_dataset(m.float(), "mnist"), normalize(m.float()))  # bit for bit
     with pytest.raises(ValueError, match="per-channel"):
         normalize(torch.rand(2, 1, 4, 4), spec.mean, spec.std)
     with pytest.raises(ValueError, match="positive"):

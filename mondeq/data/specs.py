@@ -117,4 +117,6 @@ def normalize_dataset(images: Tensor, name: str) -> Tensor:
         name: "mnist", "cifar10" or "svhn".
     """
     spec = dataset_spec(name)
+    if len(spec.mean) == 1:  # one channel: scalars, no statistics tensor made on the device per call
+        return normalize(images, spec.mean[0], spec.std[0])
     return normalize(images, spec.mean, spec.std)
