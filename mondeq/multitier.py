@@ -32,9 +32,10 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
+from .fft import kernel_blocks, spectral_norm
 from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
 from .multitier_norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
-from .tier_coupling import AliasMap, MultiTierResolvent, conv_spectrum, has_tangent
+from .tier_coupling import AliasMap, MultiTierResolvent, has_tangent
 
 
 class MultiConvOperator(LinearOperator):
@@ -115,7 +116,7 @@ class MultiConvOperator(LinearOperator):
         key = ("rmv" if transpose else "mv", True)
         if key not in self._blocks:
             if self._graph_spectra is None:  # spectra with a graph, built once per operator
-                self._graph_spectra = tuple([conv_spectrum(k, s) for k, s in zip(ks, self.sizes)]
+                self._graph_spectra = tuple([kernel_blocks(k, s) for k, s in zip(ks, self.sizes)]
                                             for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
             self._blocks[key] = multitier_blocks(*self._graph_spectra, self.m, transpose=transpose)
         return apply_multitier(z, self._blocks[key], self.alias_maps(), self.sizes)
@@ -141,9 +142,9 @@ class MultiConvOperator(LinearOperator):
         stride-2 map) on each tier's half spectrum, built once per operator."""
         if self._spectra is None:
             with torch.no_grad():
-                a = [conv_spectrum(k.detach(), s) for k, s in zip(self.a_kernels, self.sizes)]
-                g = [conv_spectrum(k.detach(), s) for k, s in zip(self.g_kernels, self.sizes)]
-                c = [conv_spectrum(k.detach(), s) for k, s in zip(self.s_kernels, self.sizes)]
+                a = [kernel_blocks(k.detach(), s) for k, s in zip(self.a_kernels, self.sizes)]
+                g = [kernel_blocks(k.detach(), s) for k, s in zip(self.g_kernels, self.sizes)]
+                c = [kernel_blocks(k.detach(), s) for k, s in zip(self.s_kernels, self.sizes)]
             self._spectra = (a, g, c)
         return self._spectra
 
@@ -255,7 +256,7 @@ class MonotoneMultiConv(MonotoneParametrisation):
         return MultiConvOperator(list(self.A), list(self.G), list(self.S), self.m, self.sizes)
 
     def input_norm(self) -> Tensor:
-        return torch.linalg.matrix_norm(conv_spectrum(self.U.weight, self.sizes[0]), ord=2).max()
+        return spectral_norm(self.U.weight, self.sizes[0])
 
     def extra_repr(self) -> str:
         tiers = ", ".join(f"({c}, {h}, {w})" for c, (h, w) in zip(self.channels, self.sizes))

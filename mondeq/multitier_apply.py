@@ -30,8 +30,8 @@ from torch import Tensor
 
 from splitting import State
 
-from .fft import half_spectrum_weights
-from .tier_coupling import AliasMap, conv_spectrum, has_tangent, tier_irfft, tier_rfft
+from .fft import half_spectrum_weights, kernel_blocks
+from .tier_coupling import AliasMap, has_tangent, tier_irfft, tier_rfft
 
 
 class _RowMatmul(torch.autograd.Function):
@@ -198,7 +198,7 @@ class KernelGradApply(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [k.detach().requires_grad_() for k in kernels]
             sizes = [*op.sizes, *op.sizes, *op.sizes[:-1]]
-            spectra = [conv_spectrum(k, s) for k, s in zip(leaves, sizes)]
+            spectra = [kernel_blocks(k, s) for k, s in zip(leaves, sizes)]
             chosen = [i for i, n in enumerate(needed) if n]
             blocks = [*grad_a, *grad_g, *grad_c]
             kernel_grads = torch.autograd.grad([spectra[i] for i in chosen], [leaves[i] for i in chosen],

@@ -74,32 +74,6 @@ def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.fft.irfft2(y.permute(1, 2, 0).reshape(b, c, h, nf // h), s=(h, w), norm="ortho")
 
 
-def conv_spectrum(kernel: Tensor, size: tuple[int, int]) -> Tensor:
-    r"""Blocks :math:`\hat K(\omega)` of ``circular_conv2d(·, kernel)`` on an ``H × W`` grid.
-
-    :math:`\hat K(\omega) = \sum_{a,b} K_{:,:,a,b}\, e^{i\theta}`, :math:`\theta = 2\pi(\omega_h
-    (a-p)/H + \omega_w (b-p)/W)` (the correlation's taps sit at offsets ``a − p``). Returns
-    ``(H·(W//2+1), C_out, C_in)``, complex, half spectrum in row-major ``(ω_h, ω_w)`` order;
-    differentiable in ``kernel``. Real and imaginary parts come from real contractions
-    (:math:`\cos(\theta_h + \theta_w)`, :math:`\sin(\theta_h + \theta_w)` expanded), whose
-    gradients are plain real products.
-    """
-    h, w = size
-    ch, sh = _phases(kernel, h, h)
-    cw, sw = _phases(kernel, w, w // 2 + 1)
-    real = torch.einsum("ha,wb,ocab->hwoc", ch, cw, kernel) - torch.einsum("ha,wb,ocab->hwoc", sh, sw, kernel)
-    imag = torch.einsum("ha,wb,ocab->hwoc", sh, cw, kernel) + torch.einsum("ha,wb,ocab->hwoc", ch, sw, kernel)
-    return torch.complex(real, imag).reshape(-1, *kernel.shape[:2])
-
-
-def _phases(kernel: Tensor, n: int, frequencies: int) -> tuple[Tensor, Tensor]:
-    k = kernel.shape[-1]
-    # integer numerators mod n keep the angle exact before the division
-    numer = (torch.arange(frequencies).view(-1, 1) * (torch.arange(k) - k // 2).view(1, -1)) % n
-    angle = numer.to(torch.float64) * (2.0 * torch.pi / n)
-    return (angle.cos().to(kernel.dtype).to(kernel.device), angle.sin().to(kernel.dtype).to(kernel.device))
-
-
 class AliasMap:
     r"""Index maps between the half spectra of an ``H × W`` tier and its ``H/2 × W/2`` successor.
 
