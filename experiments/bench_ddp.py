@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from mondeq import fc_mondeq, single_conv_mondeq
 from mondeq.data import load_mnist, normalize
+from mondeq.training import device_arg
 from mondeq.distributed import (all_reduce_sum, barrier, epoch_order, rank_batches, setup, teardown,
                                 wrap_model)
 
@@ -87,7 +88,8 @@ def _free_port() -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:K (default: cuda when available)")
     p.add_argument("--model", choices=("fc", "conv"), default="fc")
     p.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     p.add_argument("--batch-size", type=int, default=128, help="GLOBAL batch, split over processes")

@@ -8,10 +8,9 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-
 from mondeq.data import DATASETS
 from mondeq.schedules import SCHEDULES
+from mondeq.training import device_arg
 from mondeq.training.resume import ResumeConfigError, explicit_options, merge_saved_config
 from splitting import SOLVERS
 
@@ -136,13 +135,11 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:  # n
         p.error("--certified-warmup and --certified-ramp must be in [0, 1]")
     if args.lipschitz_penalty < 0:
         p.error("--lipschitz-penalty must be ≥ 0")
-    if args.device is not None:
+    if args.device is not None:  # kept a string (it is saved in the run's configuration)
         try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            p.error(f"--device {args.device} is not a device; use cpu, cuda or cuda:K")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+            device_arg(args.device)
+        except argparse.ArgumentTypeError as err:
+            p.error(f"--device {args.device}: {err}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
