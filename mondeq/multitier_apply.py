@@ -30,8 +30,8 @@ from torch import Tensor
 
 from splitting import State
 
-from .fft import half_spectrum_weights, kernel_blocks
-from .tier_coupling import AliasMap, has_tangent, tier_irfft, tier_rfft
+from .fft import half_spectrum_weights, kernel_blocks, rfft2_blocks
+from .tier_coupling import AliasMap, has_tangent, tier_irfft
 
 
 class _RowMatmul(torch.autograd.Function):
@@ -122,7 +122,7 @@ def apply_multitier(z: State, blocks: list[tuple[tuple, tuple]], maps: list[Alia
     tiers = len(z)
     diag, conv, fz = [], [], []
     for i in range(tiers):
-        z_hat = tier_rfft(z[i])
+        z_hat = rfft2_blocks(z[i], norm="ortho")
         a_block, c_block, d_block = blocks[i][0]
         f = row_matmul(z_hat, a_block)
         if i > 0:
@@ -181,8 +181,8 @@ class KernelGradApply(torch.autograd.Function):
             return (None,) * (3 + tiers + len(kernels))
         a_hat, g_hat, c_hat = op.spectra()
         maps = op.alias_maps()
-        g_spec = [tier_rfft(g.contiguous()) for g in grads]
-        z_spec = [tier_rfft(t) for t in z]
+        g_spec = [rfft2_blocks(g.contiguous(), norm="ortho") for g in grads]
+        z_spec = [rfft2_blocks(t, norm="ortho") for t in z]
         # L = ⟨a, W b⟩: a = ḡ, b = z for W; ⟨ḡ, Wᵀz⟩ = ⟨z, W ḡ⟩ for Wᵀ
         a, b = (z_spec, g_spec) if ctx.transpose else (g_spec, z_spec)
         fa, fb = _f_spectra(a, a_hat, c_hat, maps), _f_spectra(b, a_hat, c_hat, maps)

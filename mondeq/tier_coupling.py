@@ -51,15 +51,14 @@ from torch import Tensor
 
 from splitting import Resolvent, State
 
-
-def tier_rfft(x: Tensor) -> Tensor:
-    """``(B, C, H, W)`` real → ``(H·(W//2+1), B, C)`` orthonormal half spectrum, contiguous."""
-    b, c = x.shape[:2]
-    return torch.fft.rfft2(x, norm="ortho").reshape(b, c, -1).permute(2, 0, 1).contiguous()
+from .fft import rfft2_blocks
 
 
 def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`tier_rfft`: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real.
+    """Inverse of ``rfft2_blocks(·, norm="ortho")``: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real.
+
+    Unlike :func:`~mondeq.fft.irfft2_blocks` (used without derivatives only), differentiable:
+    scipy's transform only for a spectrum that carries no derivative.
 
     On the CPU scipy's pocketfft reads the frequency-major layout through strides (torch's c2r
     transform copies and transposes its input first, about 30% slower here).
@@ -251,7 +250,7 @@ class MultiTierResolvent(Resolvent):
 
     def _sweep(self, r: State, factors: list[dict[str, Tensor]]) -> State:
         tiers = len(factors)
-        y = tier_rfft(r[0].detach())
+        y = rfft2_blocks(r[0].detach(), norm="ortho")
         kept: list[tuple[Tensor, Tensor]] = []
         for i in range(tiers - 1):
             fac = factors[i]
@@ -262,7 +261,7 @@ class MultiTierResolvent(Resolvent):
             sz = torch.matmul(w, fac["gz"])
             c_next = w.shape[-1]
             kept.append((torch.matmul(y, fac["b"]), sz[..., c_next:]))
-            y = tier_rfft(r[i + 1].detach()) - sz[..., :c_next]
+            y = rfft2_blocks(r[i + 1].detach(), norm="ortho") - sz[..., :c_next]
         x = torch.matmul(y, factors[-1]["b"])
         out = [tier_irfft(x, self.sizes[-1])]
         for i in range(tiers - 2, -1, -1):
