@@ -200,7 +200,7 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     Reduce counts and sums, never means of unequal shares: accuracy is
     ``all_reduce_sum(correct) / all_reduce_sum(total)``. Works with gloo (CPU tensors) and nccl
     (CUDA tensors; a CPU tensor is reduced on this process's CUDA device and returned on the CPU).
-    The input is not modified; the result is detached.
+    The input is not modified; with a group the result is a new, detached tensor.
     """
     if not is_distributed():
         return t

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "read_checkpoint", "restore_rng",
+           "save_checkpoint"]
 
 
 class CheckpointError(ValueError):

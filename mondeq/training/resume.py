@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..distributed import is_distributed
+
 __all__ = ["ResumeConfigError", "explicit_options", "gather_objects", "merge_saved_config", "plain",
            "replay_order"]
 
@@ -97,7 +99,7 @@ def replay_order(n: int, *, seed: int, epoch: int) -> Tensor:
 def gather_objects(obj: Any) -> list:
     """``obj`` from every rank, in rank order, on every rank (``[obj]`` without a process group).
     A collective: every rank must call it."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return [obj]
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
