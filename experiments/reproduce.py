@@ -26,8 +26,7 @@ models) with lr 1e-3 (1e-2 for the CIFAR-10 multi-tier model); the augmented CIF
 Each run writes ``train.py``'s folder ``RUNS/ROW/`` (results.json, curves.png, checkpoint.pt,
 log.txt) and a summary ``RUNS/ROW.json``: row, dataset, model, accuracy, parameters, epochs,
 hardware (device name, threads), wall time, the command. CIFAR-10 and SVHN must be on disk
-(``--data-root`` or ``$MONDEQ_DATA``; pass ``-- --download`` only where train.py offers it):
-these machines cannot download them.
+(``--data-root`` or ``$MONDEQ_DATA``): train.py never downloads them.
 """
 from __future__ import annotations
 

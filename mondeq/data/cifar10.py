@@ -208,8 +208,9 @@ def load_cifar10(
             if not download:
                 raise MissingDatasetError(
                     f"CIFAR-10 not found in {root}: expected {root / CIFAR10_FOLDER}/ or "
-                    f"{archive}. Pass download=True (--download) to fetch {CIFAR10_URL}, or "
-                    "copy the files there (set --data-root or $MONDEQ_DATA to their parent).")
+                    f"{archive}. Pass download=True to load_cifar10 (or call download_cifar10) "
+                    f"to fetch {CIFAR10_URL}, or copy the files there (set --data-root or "
+                    "$MONDEQ_DATA to their parent).")
             download_cifar10(root)
         parts = _read_from_archive(archive, names)
     data = np.concatenate([p[0] for p in parts])

@@ -92,9 +92,9 @@ def load_svhn(
     if not path.is_file():
         if not download:
             raise MissingDatasetError(
-                f"SVHN file {path} is missing. Pass download=True (--download) to fetch "
-                f"{SVHN_URL + name}, or copy it there (set --data-root or $MONDEQ_DATA to the "
-                "folder holding svhn/).")
+                f"SVHN file {path} is missing. Pass download=True to load_svhn (or call "
+                f"download_svhn) to fetch {SVHN_URL + name}, or copy it there (set --data-root or "
+                "$MONDEQ_DATA to the folder holding svhn/).")
         download_svhn(root, split=split)
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
