@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -144,18 +143,14 @@ def hardware(device: str) -> dict:
             "cpus": os.cpu_count()}
 
 
-def summarise(row: Row, results: dict, *, log: str, wall: float, cmd: list[str],
-              extra: list[str], device: str) -> dict:
-    """The row's summary JSON from train.py's results.json and its log."""
+def summarise(row: Row, results: dict, *, wall: float, cmd: list[str], extra: list[str],
+              device: str) -> dict:
+    """The row's summary JSON from train.py's results.json."""
     final = results["final"]
-    params = results.get("parameters")
-    if params is None:
-        found = re.search(r"(\d+) parameters", log)
-        params = int(found.group(1)) if found else None
     return {
         "row": row.name, "dataset": row.dataset, "model": row.model, "size": row.size,
         "augment": row.augment, "accuracy": 100.0 * final["test_accuracy"],
-        "paper_accuracy": row.paper, "parameters": params, "epochs": final["epoch"],
+        "paper_accuracy": row.paper, "parameters": results["parameters"], "epochs": final["epoch"],
         "recipe_epochs": row.epochs, "hardware": hardware(device), "wall_time_s": wall,
         "train_wall_time_s": results.get("train_wall_time_s"),
         "modified": bool(extra), "forwarded": extra, "command": shlex.join(cmd),
@@ -185,7 +180,7 @@ def run_row(row: Row, *, runs: Path, device: str, data_root: Path | None,
         raise SystemExit(f"{row.name}: train.py exited with status {proc.returncode}; "
                          f"see {out / 'log.txt'}")
     results = json.loads((out / "results.json").read_text())
-    summary = summarise(row, results, log=log, wall=wall, cmd=cmd, extra=extra, device=device)
+    summary = summarise(row, results, wall=wall, cmd=cmd, extra=extra, device=device)
     path = runs / f"{row.name}.json"
     path.write_text(json.dumps(summary, indent=2))
     print(f"{row.name}: {summary['accuracy']:.2f}% (paper {row.paper}%), wrote {path}")

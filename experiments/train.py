@@ -123,6 +123,7 @@ class Run:
         spec = DATASETS[args.dataset]
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(device=device, dtype=torch.float32)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
         self.train_data, self.test_data, self.test_size = load_data(args, info, device)
         self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
         total = self.steps * args.epochs
@@ -257,8 +258,7 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
         say(f"nothing to do: checkpoint already at epoch {run.first_epoch - 1} of {args.epochs}")
         return {}
     model = wrap_model(run.model, info, device)
-    n_params = sum(p.numel() for p in run.model.parameters())
-    say(f"{args.dataset} {args.model} monDEQ, {n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
+    say(f"{args.dataset} {args.model} monDEQ, {run.n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
         f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}"
         f"{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()
@@ -288,7 +288,8 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
 
 def report(run: Run, train_wall: float, say) -> dict:
     args, final = run.args, run.history[-1]
-    result = {"config": run.config, "history": run.history, "final": final, "train_wall_time_s": train_wall}
+    result = {"config": run.config, "parameters": run.n_params, "history": run.history, "final": final,
+              "train_wall_time_s": train_wall}
     if args.certify_tol is None:
         # One more certification with every equilibrium re-solved tightly: the slack (the radius
         # the solver error costs) then all but vanishes. Per-epoch figures keep the cheaper --tol.
