@@ -252,8 +252,6 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
         say(f"resumed from {run.checkpoint} after epoch {state['epoch']}{inside}")
     if info.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
-    if run.loss_fn is not None and state is None:
-        run.loss_fn.step = 0
     if run.first_epoch > args.epochs:
         say(f"nothing to do: checkpoint already at epoch {run.first_epoch - 1} of {args.epochs}")
         return {}
