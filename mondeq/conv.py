@@ -206,10 +206,19 @@ class ConvOperator(LinearOperator):
         return ConvResolvent(eye + alpha * i_minus_w, alpha)
 
     def lipschitz(self) -> float:
-        r"""Exact :math:`\|I - W\|_2`: the largest singular value over all frequency blocks."""
+        r"""Exact :math:`\|I - W\|_2`: the largest singular value over all frequency blocks.
+
+        Computed in float64 whatever the kernels' dtype: float32 blocks left it up to ~1e-7
+        below the norm, and FB's step rule and the certificate slack need an upper bound.
+        """
         if self._lipschitz is None:
             with torch.no_grad():
-                self._lipschitz = float(torch.linalg.matrix_norm(self.identity_minus_w_blocks(), ord=2).max())
+                if self.dtype == torch.float64:
+                    blocks = self.identity_minus_w_blocks()
+                    self._lipschitz = float(torch.linalg.matrix_norm(blocks, ord=2).max())
+                else:  # the same operator in float64 (float32 kernels are exact in float64)
+                    f, g = self.f_kernel.detach().double(), self.g_kernel.detach().double()
+                    self._lipschitz = ConvOperator(f, g, self.m, self.size).lipschitz()
         return self._lipschitz
 
 

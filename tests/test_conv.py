@@ -246,6 +246,15 @@ def test_lipschitz_is_norm_of_i_minus_w(shape):
     assert op.lipschitz() == pytest.approx(expected, rel=1e-12)
 
 
+def test_lipschitz_of_float32_kernels_is_not_below_the_norm():
+    """An upper bound for the kernels as stored: float32 blocks rounded it up to 1e-7 below."""
+    torch.manual_seed(0)
+    for _ in range(8):
+        op32 = random_operator(8, 12, 12, 3, scale=0.3, dtype=torch.float32)
+        exact = ConvOperator(op32.f_kernel.double(), op32.g_kernel.double(), M, (12, 12)).lipschitz()
+        assert exact <= op32.lipschitz() <= exact * (1 + 1e-12)
+
+
 # ----------------------------------------------------------------------------- implicit gradients
 
 def conv_equilibrium_fn(prox, solver, alpha, m, size):
