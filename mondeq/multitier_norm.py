@@ -1,12 +1,16 @@
 r"""The norm of I − W for the multi-tier operator: exact over alias groups, or a block bound.
 
 Both are upper bounds on :math:`\|I - W\|_2` (the exact one up to float64 rounding, covered by a
-relative margin of 1e-9), as FB's step rule and the certificate slack require.
+relative margin of 1e-9), as FB's step rule and the certificate slack require. Both work on
+float64 spectra of the kernels whatever their dtype (float32 spectra carried rounding of ~1e-7
+relative, beyond that margin).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .fft import kernel_blocks
 
 #: Largest alias-group size :math:`\sum_i c_i 4^{T-1-i}` for which ``lipschitz()`` is exact.
 EXACT_GROUP_LIMIT = 512
@@ -23,7 +27,7 @@ def exact_norm(op) -> float:
     :math:`\tfrac12\hat C_i`), I − W has diagonal blocks :math:`D_i + L_i^H L_i` and
     off-diagonal blocks :math:`\hat A_{i+1}^H L_i` and its adjoint.
     """
-    a, g, c = (list(t.to(torch.complex128) for t in part) for part in op.spectra())
+    a, g, c = _spectra64(op)
     maps, tiers = op.alias_maps(), op.tiers
     nf = a[-1].shape[0]
     index = [torch.arange(nf, device=a[-1].device).view(-1, 1)]
@@ -77,7 +81,7 @@ def block_norm_bound(op) -> float:
     S_i^\top S_i + G_i - G_i^\top` per group of four aliased frequencies (``4c_i × 4c_i``), the
     off-diagonal :math:`A_{i+1}^\top S_i` per coarse frequency. Exact for one tier.
     """
-    a, g, c = (list(t.to(torch.complex128) for t in part) for part in op.spectra())
+    a, g, c = _spectra64(op)
     tiers = op.tiers
     norms = torch.zeros(tiers, tiers, dtype=torch.float64)
     maps = op.alias_maps()
@@ -100,3 +104,12 @@ def block_norm_bound(op) -> float:
     # N is symmetric with non-negative entries: its norm is its largest eigenvalue
     bound = float(torch.linalg.eigvalsh(norms).max())
     return bound * (1.0 + 1e-9)
+
+
+def _spectra64(op) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """``op.spectra()`` in complex128, from float64 copies of the kernels (exact copies of float32)."""
+    if op.dtype == torch.float64:
+        return op.spectra()
+    with torch.no_grad():
+        return tuple([kernel_blocks(k.detach().double(), s) for k, s in zip(ks, op.sizes)]
+                     for ks in (op.a_kernels, op.g_kernels, op.s_kernels))
