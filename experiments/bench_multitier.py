@@ -28,6 +28,7 @@ import torch
 
 from mondeq import multitier_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize
+from mondeq.training import device_arg
 
 PAPER_STEP = {1: 5.2, 2: 2.1}
 
@@ -52,7 +53,8 @@ def ms(seconds: float) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:K (default: cuda when available)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--repeats", type=int, default=10, help="repeats of the factorisation / apply timings")
@@ -112,7 +114,7 @@ def main() -> None:
     print(f"factorisation    {ms(factor[0])}        {ms(factor[1])}")
     print(f"resolvent apply  {ms(apply[0])}        {ms(apply[1])}    "
           f"(transposed: {ms(apply_t[0]).strip()} wall)")
-    print(f"W application    {ms(mv[0])}        {ms(mv[1])}    (FFT, no graph)")
+    print(f"W application    {ms(mv[0])}        {ms(mv[1])}    (no graph; building the blocks included)")
     print(f"training step    {ms(step[0])}        {ms(step[1])}    "
           f"({len(wall)} steps; wall min {ms(min(wall)).strip()}, max {ms(max(wall)).strip()})")
     print(f"iterations       forward {statistics.mean(fwd_it):.2f}, backward {statistics.mean(bwd_it):.2f}")
