@@ -397,7 +397,9 @@ def test_rfft2_blocks_is_the_frequency_major_spectrum(hw):
 def test_kernel_spectra_first_built_under_inference_mode_still_differentiate():
     """The cached phase tables are plain tensors even when first built under inference_mode, so a
     later differentiable spectrum can save them for backward."""
-    hw = (7, 9)  # a size no other test uses: the first build happens here
+    from mondeq.fft import _phase_table
+    _phase_table.cache_clear()  # the first build happens here, whichever tests ran before
+    hw = (7, 9)
     kernel = torch.randn(2, 2, 3, 3)
     with torch.inference_mode():
         first = kernel_blocks(kernel, hw)
