@@ -23,8 +23,8 @@ import torch
 
 from mondeq import fc_mondeq
 from mondeq.data import batches, load_mnist, normalize
-from splitting import SOLVERS
 from mondeq.training import device_arg
+from splitting import SOLVERS
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
