@@ -45,18 +45,17 @@ import torch
 
 from mondeq import fc_mondeq, single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize, num_batches
-from mondeq.training import train_epoch
+from mondeq.training import device_arg, train_epoch
 from splitting import SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha, peaceman_rachford
-from mondeq.training import device_arg
 
 THRESHOLDS = (1e-2, 1e-4, 1e-6)
+ALPHAS = tuple(2.0 ** -k for k in range(7))
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work (only around timed calls); nothing to wait for elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-ALPHAS = tuple(2.0 ** -k for k in range(7))
 
 
 @dataclass
