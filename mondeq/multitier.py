@@ -32,7 +32,7 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
-from .fft import kernel_blocks, spectral_norm
+from .fft import check_kernel_size, kernel_blocks, spectral_norm
 from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
 from .multitier_norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
 from .tier_coupling import AliasMap, MultiTierResolvent, has_tangent
@@ -206,8 +206,7 @@ class MonotoneMultiConv(MonotoneParametrisation):
                  kernel_size: int = 3, padding: int = 0, m: float = 1.0,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(m)
-        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
-            raise InvalidSettingError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        check_kernel_size(kernel_size)
         if int(padding) != padding or padding < 0:
             raise InvalidSettingError(f"padding must be a non-negative integer, got {padding}")
         channels = tuple(int(c) for c in channels)

@@ -240,6 +240,12 @@ def test_odd_grid_before_a_stride_two_map_is_refused():
         random_operator((2, 2), (5, 6))
 
 
+@pytest.mark.parametrize("kernel_size", [0, 2, 1.5])
+def test_even_or_non_integer_kernel_size_is_refused(kernel_size):
+    with pytest.raises(InvalidSettingError, match="kernel_size must be a positive odd integer"):
+        MonotoneMultiConv(1, (2, 2), 8, kernel_size=kernel_size)
+
+
 # ----------------------------------------------------------------------------- implicit gradients
 
 def multitier_fn(solver, alpha, size, m):
