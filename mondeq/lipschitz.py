@@ -7,6 +7,8 @@ and for logits :math:`h = Hz^\star + c` the margin :math:`h_y - h_j` moves by at
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +32,11 @@ def lipschitz_bound(model: nn.Module) -> float:
 
 
 def _input_norm(linear: MonotoneParametrisation) -> float:
+    """‖U‖₂ computed in float64 (from a float64 copy of lower-precision parameters): a float32
+    SVD can come out ~1e-7 below the norm, and certificates need it not below."""
     with torch.no_grad():
+        if linear.dtype != torch.float64:
+            linear = copy.deepcopy(linear).to(torch.float64)
         return float(linear.input_norm())
 
 

@@ -216,8 +216,10 @@ class DenseOperator(LinearOperator):
 
     def lipschitz(self) -> float:
         if self._lipschitz is None:
-            eye = torch.eye(self.weight.shape[0], dtype=self.dtype, device=self.device)
-            self._lipschitz = float(torch.linalg.matrix_norm(eye - self.weight.detach(), ord=2))
+            # in float64: a float32 SVD can come out ~1e-7 below the norm, and this is an upper bound
+            weight = self.weight.detach().to(torch.float64)
+            eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            self._lipschitz = float(torch.linalg.matrix_norm(eye - weight, ord=2))
         return self._lipschitz
 
     def as_matrix(self) -> Tensor:
