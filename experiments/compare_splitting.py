@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from mondeq import fc_mondeq, single_conv_mondeq
+from mondeq import fc_mondeq, multitier_conv_mondeq, single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize, num_batches
 from mondeq.training import device_arg, train_epoch
 from splitting import SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha, peaceman_rachford
@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a checkpoint of experiments/train.py (keys 'config', 'model'); none: train a quick one")
-    p.add_argument("--model", choices=("fc", "conv"), default="fc", help="model to train when no checkpoint")
+    p.add_argument("--model", choices=("fc", "conv", "multitier"), default="fc",
+                   help="model to train when no checkpoint")
     p.add_argument("--train-limit", type=int, default=10000, help="training images for the quick model")
     p.add_argument("--batch", type=int, default=128, help="test batch size")
     p.add_argument("--methods", nargs="+", default=list(SOLVERS), choices=sorted(SOLVERS))
@@ -104,9 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------- model
 
 def build_model(config: dict) -> torch.nn.Module:
-    """The classifier described by a train.py config (fc or the MNIST single-conv model)."""
-    if config.get("model", "fc") not in ("fc", "conv"):
-        raise SystemExit(f"compare_splitting handles fc and conv checkpoints, got {config['model']!r}")
+    """The classifier described by a train.py config (fc, or the MNIST single-conv or
+    multi-tier model)."""
+    if config.get("model", "fc") not in ("fc", "conv", "multitier"):
+        raise SystemExit(f"compare_splitting handles fc, conv and multitier MNIST checkpoints, got {config['model']!r}")
+    if config.get("dataset", "mnist") != "mnist":
+        raise SystemExit(f"compare_splitting runs on MNIST; the checkpoint was trained on {config['dataset']!r}")
+    if config.get("model") == "multitier":
+        channels = tuple(int(c) for c in (config.get("channels") or (16, 32, 32)))
+        return multitier_conv_mondeq(1, 28, channels, 10, m=float(config.get("m", 1.0)))
     if config.get("model", "fc") == "conv":
         channels = config.get("channels") or 54  # train.py saves a list (or None: the default)
         channels = int(channels[0] if isinstance(channels, (list, tuple)) else channels)
@@ -116,7 +123,8 @@ def build_model(config: dict) -> torch.nn.Module:
 
 def quick_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     """Train one epoch on ``--train-limit`` images with PR α = 1, tol 1e-2 (the default settings)."""
-    config = {"model": args.model, "m": 1.0, "hidden": 87, "channels": 54}
+    config = {"model": args.model, "m": 1.0, "hidden": 87,
+              "channels": (16, 32, 32) if args.model == "multitier" else 54}
     model = build_model(config).to(args.device)
     x, y = load_mnist(train=True)
     x, y = normalize(x[: args.train_limit]).to(args.device), y[: args.train_limit].to(args.device)
@@ -162,7 +170,9 @@ def problems(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
         jacobian = tuple(layer.nonlinearity.derivative(t) for t in v)
     z = tuple(t.clone().requires_grad_() for t in exact)
     loss = torch.nn.functional.cross_entropy(model.logits_from_state(z), y)
-    grad = tuple(g.detach() for g in torch.autograd.grad(loss, z))
+    # the readout may read only some tiers (multi-tier: the last); the others get a zero gradient
+    grads = torch.autograd.grad(loss, z, allow_unused=True)
+    grad = tuple(torch.zeros_like(t) if g is None else g.detach() for g, t in zip(grads, z))
     back_op, back_prox = op.transpose(), DiagonalQuadratic(jacobian)
     with torch.no_grad():
         back_exact = peaceman_rachford(back_op, back_prox, grad, alpha=0.5, tol=1e-13, max_iter=20_000).z

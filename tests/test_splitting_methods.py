@@ -314,3 +314,15 @@ def test_pr_spectrum_matrix_is_the_linearised_peaceman_rachford_map():
     eps = 1e-3 * float(u_star.abs().min())  # small enough that no entry of u changes sign
     linearised = (pr_map(u_star + eps * delta) - pr_map(u_star)) / eps
     torch.testing.assert_close(linearised, torch.einsum("bij,bj->bi", matrices, delta), atol=1e-5, rtol=1e-5)
+
+
+def test_compare_splitting_poses_the_multitier_backward_problem():
+    """The multi-tier readout reads the last tier only: the other tiers' gradient is zero, not an
+    error, and the backward problem is solvable."""
+    compare = load_experiment("compare_splitting")
+    model = compare.build_model({"model": "multitier", "channels": [2, 2, 2]}).double()
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    backward = compare.problems(model, x, y)["backward"]
+    assert [bool((g == 0).all()) for g in backward.bias] == [True, True, False]
+    result = peaceman_rachford(backward.op, backward.prox, backward.bias, alpha=0.5, tol=1e-8, max_iter=2000)
+    assert result.converged
