@@ -6,7 +6,8 @@ sample's **true** relative fixed-point residual
 .. math:: r(z) = \frac{\|z - \sigma(Wz + b)\|}{\|z\|}
 
 of the returned state is at most ``tol`` (with :math:`0/0 = 0`: a zero state counts only where
-:math:`\sigma(Wz + b)` is exactly zero too, and :math:`x/0 = \infty` otherwise). There is no
+:math:`\sigma(Wz + b)` is exactly zero too; a zero state with a nonzero target gets a residual of
+order ‖t‖/tiny, never below any usable tol). There is no
 round-off floor: a state is never accepted because it is small.
 
 Each method's step hands the loop a *candidate* state and a per-sample residual for it, computed
@@ -108,7 +109,7 @@ class _Stopping:
     def __init__(self, tol: float, batch: int, device: torch.device, mask: bool) -> None:
         self.tol = float(tol)
         self.threshold: float | Tensor = self.tol
-        self.reset_at = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.reset_at: int | Tensor = 0  # per sample after a failed confirmation (none: no tensor)
         self.mask = mask
         self.active: Tensor | None = None
         if mask:  # iterations each sample took part in, and that count when it last settled
@@ -139,7 +140,8 @@ class _Stopping:
         threshold = torch.full_like(direct, self.tol) if isinstance(self.threshold, float) else self.threshold
         calibrated = torch.minimum(0.9 * self.tol * estimate / direct, 0.9 * threshold).clamp(min=self.tol / 1024)
         self.threshold = torch.where(failed, calibrated, threshold)
-        self.reset_at = torch.where(failed, k, self.reset_at)
+        reset_at = torch.zeros_like(failed, dtype=torch.int64) if isinstance(self.reset_at, int) else self.reset_at
+        self.reset_at = torch.where(failed, k, reset_at)
         if self.mask:
             self.settled = self.settled.masked_fill(failed, 0)
             self.active = self.active | failed
