@@ -49,7 +49,7 @@ import torch
 
 from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
 from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
-from mondeq.distributed import (DistInfo, barrier, broadcast_object, rank_batches, setup, shard, teardown,
+from mondeq.distributed import (DistInfo, broadcast_object, rank_batches, setup, shard, teardown,
                                 wrap_model)
 from mondeq.schedules import make_schedule
 from mondeq.training import (CheckpointError, DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint,
@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> dict:
     info, device = setup(args.device)
     try:
         result = execute(args, info, device)
-        barrier()  # rank 0 may still be writing: a rank that left early would abort the group
-        return result
-    finally:
-        teardown()
+    except BaseException:
+        teardown(wait=False)  # the other ranks may never reach a barrier
+        raise
+    teardown()  # waits for every rank: rank 0 may still be writing
+    return result
 
 
 def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:

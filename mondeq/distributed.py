@@ -112,9 +112,17 @@ def setup(device: str | None = None) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world_size, local_rank), dev
 
 
-def teardown() -> None:
-    """Destroy the process group, if one was initialised (call once, at the end of the program)."""
+def teardown(*, wait: bool = True) -> None:
+    """Destroy the process group, if one was initialised (call once, at the end of the program).
+
+    With ``wait`` (the normal exit) every rank first meets at a barrier: a rank that left while
+    another was still communicating (rank 0 writing its outputs) made gloo abort the group
+    ("terminate called without an active exception"). Pass ``wait=False`` when leaving on an
+    error, where the other ranks may never arrive.
+    """
     if is_distributed():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
