@@ -28,6 +28,7 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .base import MonotoneParametrisation
+from .autodiff import any_transformed
 from .fft import (BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size,
                   compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel,
                   rfft2_blocks, spectral_norm)
@@ -140,6 +141,8 @@ class ConvOperator(LinearOperator):
         return (self._apply("rmv", x),)
 
     def _apply(self, which: str, x: Tensor) -> Tensor:
+        if any_transformed(x, self.f_kernel, self.g_kernel):
+            return self._apply_plain(which, x)
         blocks = self._blocks(which)
         memo = self._memo.get(which)
         # W is often applied twice to the same tensor: with a graph for the implicit layer and
@@ -155,6 +158,16 @@ class ConvOperator(LinearOperator):
             # a detached alias: the memo's tensor itself must not become a graph output
             return BlockApply.apply(x, blocks, (x_hat, y.detach()))
         return y
+
+    def _apply_plain(self, which: str, x: Tensor) -> Tensor:
+        """W x (or Wᵀ x) from plain operations on freshly built blocks: for forward-mode tangents
+        and ``torch.func`` transforms, which the cache, the memo and :class:`BlockApply` do not
+        carry (:mod:`mondeq.autodiff`)."""
+        f = kernel_blocks(self.f_kernel, self.size)
+        g = kernel_blocks(self.g_kernel, self.size)
+        w = (1.0 - self.m) * identity_blocks(f.shape[0], f.shape[1], f) - f.mH @ f + g.mH - g
+        blocks = w.mT if which == "mv" else w.conj()
+        return irfft2_blocks(torch.matmul(rfft2_blocks(x), blocks), self.size)
 
     def w_blocks(self) -> Tensor:
         r"""Blocks :math:`\hat W(\omega) = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G`, shape

@@ -29,6 +29,8 @@ from torch.nn import functional as nnf
 
 from splitting.errors import InvalidSettingError
 
+from .autodiff import is_transformed
+
 
 def check_kernel_size(kernel_size: int) -> int:
     """Circular 'same' padding needs an odd kernel; returns the padding ``kernel_size // 2``."""
@@ -183,8 +185,9 @@ def irfft2_blocks(y: Tensor, size: tuple[int, int]) -> Tensor:
     input, which torch's c2r transform does: about 30% slower here). Elsewhere torch's transform
     on the strided view (:func:`_irfft2_torch`).
     """
-    # scipy needs real storage: torch.func transforms (jvp, grad) wrap tensors, so they take torch's path
-    plain = y.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(y)
+    # scipy needs real storage and drops tangents: torch.func transforms (jvp, grad) wrap
+    # tensors, and forward-mode duals carry tangents, so both take torch's path
+    plain = y.device.type == "cpu" and not (y.requires_grad or is_transformed(y))
     return _irfft2_scipy(y, size) if plain else _irfft2_torch(y, size)
 
 

@@ -35,7 +35,8 @@ from .base import MonotoneParametrisation
 from .fft import check_kernel_size, kernel_blocks, spectral_norm
 from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
 from .multitier_norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
-from .tier_coupling import AliasMap, MultiTierResolvent, has_tangent
+from .autodiff import any_transformed
+from .tier_coupling import AliasMap, MultiTierResolvent
 
 
 class MultiConvOperator(LinearOperator):
@@ -107,7 +108,7 @@ class MultiConvOperator(LinearOperator):
     def _apply(self, z: State, *, transpose: bool) -> State:
         kernels = [*self.a_kernels, *self.g_kernels, *self.s_kernels]
         grad_kernels = torch.is_grad_enabled() and any(k.requires_grad for k in kernels)
-        dual = any(has_tangent(t) for t in (*z, *kernels))
+        dual = any_transformed(*z, *kernels)
         if not (grad_kernels or dual or (torch.is_grad_enabled() and any(t.requires_grad for t in z))):
             return self.apply_without_graph(z, transpose=transpose)
         if grad_kernels and not dual and not any(t.requires_grad for t in z):
@@ -116,9 +117,13 @@ class MultiConvOperator(LinearOperator):
         key = ("rmv" if transpose else "mv", True)
         if key not in self._blocks:
             if self._graph_spectra is None:  # spectra with a graph, built once per operator
-                self._graph_spectra = tuple([kernel_blocks(k, s) for k, s in zip(ks, self.sizes)]
-                                            for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
-            self._blocks[key] = multitier_blocks(*self._graph_spectra, self.m, transpose=transpose)
+                # (even inside the solver's no_grad: under torch.func.grad they serve the
+                # differentiable application after the solve too)
+                with torch.enable_grad():
+                    self._graph_spectra = tuple([kernel_blocks(k, s) for k, s in zip(ks, self.sizes)]
+                                                for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
+            with torch.enable_grad():
+                self._blocks[key] = multitier_blocks(*self._graph_spectra, self.m, transpose=transpose)
         return apply_multitier(z, self._blocks[key], self.alias_maps(), self.sizes)
 
     def apply_without_graph(self, z: State, *, transpose: bool) -> State:

@@ -31,7 +31,8 @@ from torch import Tensor
 from splitting import State
 
 from .fft import half_spectrum_weights, kernel_blocks, rfft2_blocks
-from .tier_coupling import AliasMap, has_tangent, tier_irfft
+from .autodiff import is_transformed
+from .tier_coupling import AliasMap, tier_irfft
 
 
 class _RowMatmul(torch.autograd.Function):
@@ -77,7 +78,7 @@ class _RowMatmul(torch.autograd.Function):
 
 def row_matmul(x: Tensor, m: Tensor) -> Tensor:
     """``x @ m`` for batched complex blocks; :class:`_RowMatmul` when a derivative is needed."""
-    if (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad)) or has_tangent(x) or has_tangent(m):
+    if (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad)) or is_transformed(x) or is_transformed(m):
         return _RowMatmul.apply(x, m)
     return torch.matmul(x, m)
 

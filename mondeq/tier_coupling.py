@@ -51,6 +51,7 @@ from torch import Tensor
 
 from splitting import Resolvent, State
 
+from .autodiff import is_transformed
 from .fft import rfft2_blocks
 
 
@@ -65,7 +66,7 @@ def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
     """
     h, w = size
     nf, b, c = y.shape
-    if y.device.type == "cpu" and not (y.requires_grad or has_tangent(y)):
+    if y.device.type == "cpu" and not (y.requires_grad or is_transformed(y)):
         spectrum = y.numpy().reshape(h, nf // h, b, c).transpose(2, 3, 0, 1)
         out = scipy.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1), norm="ortho",
                                workers=torch.get_num_threads())
@@ -143,7 +144,7 @@ class AliasMap:
     def _gather(self, x: Tensor, which: str) -> Tensor:
         index = getattr(self, which + "_index")
         out = x.index_select(0, index)
-        if out.requires_grad or has_tangent(out):
+        if out.requires_grad or is_transformed(out):
             return _conj_where(out, getattr(self, which + "_conj"))
         key = (which, out.real.dtype)
         if key not in self._signs:
@@ -155,18 +156,13 @@ class AliasMap:
 
 def _conj_where(x: Tensor, mask: Tensor) -> Tensor:
     """Conjugate the rows of a freshly gathered complex tensor where ``mask`` is set."""
-    if x.requires_grad or has_tangent(x):  # out of place: every autograd mode sees plain ops
+    if x.requires_grad or is_transformed(x):  # out of place: every autograd mode sees plain ops
         sign = torch.stack([torch.ones_like(mask, dtype=x.real.dtype), 1.0 - 2.0 * mask.to(x.real.dtype)], -1)
         return torch.view_as_complex(torch.view_as_real(x) * sign.view(-1, *(1,) * (x.ndim - 1), 2))
     imag = torch.view_as_real(x)[..., 1]
     sign = 1.0 - 2.0 * mask.to(imag.dtype)
     imag.mul_(sign.view(-1, *(1,) * (imag.ndim - 1)))
     return x
-
-
-def has_tangent(x: Tensor) -> bool:
-    """Whether ``x`` carries a forward-mode tangent (a dual tensor)."""
-    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
 
 
 class MultiTierResolvent(Resolvent):

@@ -209,7 +209,9 @@ def equilibrium(
                             max_iter=max_iter, z0=z0)
         _warn_if_unconverged(result, "forward")
         stats = EquilibriumStats(forward=result)
-        v = tmap(torch.add, op.mv(result.z), bias)
+        # z* is where the layer is applied, not a function of the parameters: a solver that
+        # applies W (forward-backward) would otherwise hand forward mode an unrolled tangent
+        v = tmap(torch.add, op.mv(tuple(t.detach() for t in result.z)), bias)
         if torch.is_inference_mode_enabled():
             return prox.apply(v), stats
         problem = _Problem(op=op, prox=prox, pre_activation=tuple(t.detach() for t in v),
