@@ -212,28 +212,28 @@ class MultiTierResolvent(Resolvent):
                 "b": k_inv.mT.contiguous(),            # y ↦ K'⁻¹y
                 "e": maps[i].slots(e.mT),              # per alias: y ↦ ½Ĉ K'⁻¹y (summed: L K'⁻¹y)
                 "f": maps[i].slots(f.mT),              # per alias: q ↦ K'⁻¹ ½Ĉᴴ q
-                "gz": torch.cat([gz, z], dim=1).mT.contiguous(),        # w ↦ [ÂᴴZw, Zw]
-                "hz": hz.mT.contiguous(),
+                "az": gz.mT.contiguous(),              # w ↦ ÂᴴZw
+                "z": z.mT.contiguous(),                # w ↦ Zw
+                "hz": hz.mT.contiguous(),              # x ↦ ZÂx
             })
         self._adj: list[dict[str, Tensor]] | None = None
 
     def _adjoint_factors(self) -> list[dict[str, Tensor]]:
         # Mᵀ's factors are the conjugate transposes: B → Bᴴ, (E, F) → (Fᴴ, Eᴴ), (ÂᴴZ, ZÂ) →
-        # ((ZÂ)ᴴ, (ÂᴴZ)ᴴ), Z → Zᴴ. In row layout Xᴴ is applied as v @ conj(X).
+        # ((ZÂ)ᴴ, (ÂᴴZ)ᴴ), Z → Zᴴ. In row layout Xᴴ is applied as v @ conj(Xᵀ).
         if self._adj is None:
             adj = []
             for fwd in self._fwd:
                 if "e" not in fwd:
                     adj.append({"b": _conj(fwd["b"].mT)})
                     continue
-                c_next = fwd["hz"].shape[-1]
-                gz, z = fwd["gz"][..., :c_next].mT, fwd["gz"][..., c_next:].mT
                 adj.append({
                     "b": _conj(fwd["b"].mT),
                     "e": _conj(fwd["f"].mT),           # alias layout commutes with ᵀ and conj
                     "f": _conj(fwd["e"].mT),
-                    "gz": _conj(torch.cat([fwd["hz"].mT, z], dim=-1)),
-                    "hz": _conj(gz),
+                    "az": _conj(fwd["hz"].mT),
+                    "z": _conj(fwd["z"].mT),
+                    "hz": _conj(fwd["az"].mT),
                 })
             self._adj = adj
         return self._adj
@@ -254,20 +254,19 @@ class MultiTierResolvent(Resolvent):
             w = torch.bmm(y_slots[0], e[0])
             for j in range(1, 4):
                 w.baddbmm_(y_slots[j], e[j])
-            sz = torch.matmul(w, fac["gz"])
-            c_next = w.shape[-1]
-            kept.append((torch.matmul(y, fac["b"]), sz[..., c_next:]))
-            y = rfft2_blocks(r[i + 1].detach(), norm="ortho") - sz[..., :c_next]
+            kept.append((torch.matmul(y, fac["b"]), torch.bmm(w, fac["z"])))
+            # y_{i+1} = r̂_{i+1} − ÂᴴZw, accumulated in the product (no separate pass)
+            y = rfft2_blocks(r[i + 1].detach(), norm="ortho").baddbmm_(w, fac["az"], alpha=-1)
         x = torch.matmul(y, factors[-1]["b"])
         out = [tier_irfft(x, self.sizes[-1])]
         for i in range(tiers - 2, -1, -1):
             b, zw = kept[i]
-            q = zw + torch.matmul(x, factors[i]["hz"])
+            q = zw.baddbmm_(x, factors[i]["hz"])  # kept tensors are used once: updated in place
             f = factors[i]["f"]
             per_alias = q.new_empty(4, *q.shape[:2], f.shape[-1])
             for j in range(4):
                 torch.bmm(q, f[j], out=per_alias[j])
-            x = b - self.maps[i].from_slots(per_alias)
+            x = b.sub_(self.maps[i].from_slots(per_alias))
             out.append(tier_irfft(x, self.sizes[i]))
         return tuple(reversed(out))
 

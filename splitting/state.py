@@ -25,9 +25,8 @@ def tmap(fn: Callable[..., Tensor], *states: State) -> State:
 
 def batch_norm(z: State) -> Tensor:
     """Per-sample Euclidean norm over all tiers, shape (batch,)."""
-    if len(z) == 1:  # the common single-tier case in one kernel
-        return torch.linalg.vector_norm(z[0].reshape(z[0].shape[0], -1), dim=1)
-    return sum(t.reshape(t.shape[0], -1).pow(2).sum(dim=1) for t in z).sqrt()
+    norms = [torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1) for t in z]  # one pass a tier
+    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 
 def batch_dot(a: State, b: State) -> Tensor:

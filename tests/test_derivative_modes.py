@@ -115,3 +115,19 @@ def test_forward_mode_is_exact_for_every_solver(kind, name, solver):
     expected = central_difference(layer, params, x, direction)
     _, tangent = torch.func.jvp(lambda p: flat_state(layer, p, x), (params,), (direction,))
     torch.testing.assert_close(tangent, expected, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "multitier"])
+def test_forward_mode_in_an_input_direction(kind):
+    layer, x = build(kind)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    direction = torch.randn_like(x)
+    eps = 1e-5
+    with torch.no_grad():
+        expected = (flat_state(layer, params, x + eps * direction)
+                    - flat_state(layer, params, x - eps * direction)) / (2 * eps)
+    _, tangent = torch.func.jvp(lambda inp: flat_state(layer, params, inp), (x,), (direction,))
+    torch.testing.assert_close(tangent, expected, atol=1e-7, rtol=1e-6)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(flat_state(layer, params, fwAD.make_dual(x, direction))).tangent
+    torch.testing.assert_close(dual, expected, atol=1e-7, rtol=1e-6)
