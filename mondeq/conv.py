@@ -17,7 +17,6 @@ two FFTs) than W's three direct 3 × 3 convolutions (:func:`weight_kernel` and
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Callable
 
 import torch
@@ -71,18 +70,27 @@ class ConvResolvent(Resolvent):
 
 
 class _Memo:
-    """The last application of a block operator: input (weakly), its spectrum and the result."""
+    """The last application of a block operator: its input, the input's spectrum and the result.
+
+    The input is held (strongly: the solver's residual check passes a temporary detached alias,
+    and a dead input's memory could be reused by another tensor), so an alias of it is
+    recognised by its memory and shared version counter.
+    """
 
     def __init__(self, x: Tensor, x_hat: Tensor, y: Tensor) -> None:
-        self.x = weakref.ref(x)
+        self.x = x
         self.x_version = x._version
         self.x_hat = x_hat
         self.y = y
         self.y_version = y._version
 
     def matches(self, x: Tensor) -> bool:
-        """Whether ``x`` is the same, unmodified tensor and the stored result is unmodified too."""
-        return self.x() is x and x._version == self.x_version and self.y._version == self.y_version
+        """Whether ``x`` views the same, unmodified memory as the stored input (``x`` itself or an
+        alias such as ``x.detach()``) and the stored result is unmodified too."""
+        held = self.x
+        return (x._version == self.x_version and self.y._version == self.y_version
+                and (held is x or (x.data_ptr() == held.data_ptr() and x.shape == held.shape
+                                   and x.stride() == held.stride() and x.dtype == held.dtype)))
 
 
 class ConvOperator(LinearOperator):
