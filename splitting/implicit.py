@@ -153,7 +153,8 @@ class _RefuseSecondOrder(torch.autograd.Function):
         raise UnsupportedDerivativeError(
             "second-order derivatives (double backward, create_graph=True then grad, hvp) through "
             "a monDEQ equilibrium are not implemented; first-order gradients and forward-mode "
-            "tangents are exact")
+            "tangents are exact (torch.autograd.functional.jvp / vhp compute a first-order "
+            "derivative by double backward: use torch.func.jvp or torch.autograd.forward_ad)")
 
 
 VMAP_MESSAGE = ("vmap over a monDEQ equilibrium (torch.vmap, and torch.func.jacrev / jacfwd, which "

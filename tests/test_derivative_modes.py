@@ -131,3 +131,17 @@ def test_forward_mode_in_an_input_direction(kind):
     with fwAD.dual_level():
         dual = fwAD.unpack_dual(flat_state(layer, params, fwAD.make_dual(x, direction))).tangent
     torch.testing.assert_close(dual, expected, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conv", "multitier"])
+def test_double_backward_jvp_is_refused_with_a_pointer_to_forward_mode(kind):
+    """torch.autograd.functional.jvp differentiates a vjp (double backward): refused, and the
+    message names the forward-mode APIs that work."""
+    from splitting import UnsupportedDerivativeError
+
+    layer, x = build(kind)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    names, values = list(params), tuple(params.values())
+    with pytest.raises(UnsupportedDerivativeError, match="torch.func.jvp"):
+        torch.autograd.functional.jvp(lambda *flat: flat_state(layer, dict(zip(names, flat)), x),
+                                      values, tuple(torch.randn_like(v) for v in values))
