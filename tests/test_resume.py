@@ -203,3 +203,31 @@ def test_replay_order_is_the_epoch_th_permutation_of_one_generator():
     generator = torch.Generator().manual_seed(7)
     for epoch in range(1, 5):
         assert torch.equal(replay_order(100, seed=7, epoch=epoch), torch.randperm(100, generator=generator))
+
+
+def test_multitier_run_resumed_inside_an_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
+    """The multi-tier model (its tier biases, stride-2 kernels and the α tuner) resumes exactly
+    too: a crash in epoch 2 with --checkpoint-every 1, then --resume, equals the uninterrupted run."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    args = ["--model", "multitier", "--channels", "2", "4", "4", "--train-limit", "96", "--test-limit", "32",
+            "--epochs", "3", "--batch-size", "32", "--epsilons", "0.1", "--tune-alpha-every", "2"]
+    train.main([*args, "--out", str(tmp_path / "full")])
+    step, calls = torch.optim.Adam.step, [0]
+
+    def crashing_step(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == 3 + 2:  # the second step of epoch 2 (3 steps an epoch)
+            raise _Crash
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
+    with pytest.raises(_Crash):
+        train.main([*args, "--checkpoint-every", "1", "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    assert read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["extra"]["partial"]["step"] == 1
+    torch.manual_seed(123)
+    train.main(["--resume", "--out", str(tmp_path / "cut")])
+    _same_run(tmp_path / "full", tmp_path / "cut")
