@@ -26,8 +26,8 @@ from splitting import LinearOperator, Resolvent, State
 from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
-from .base import MonotoneParametrisation
 from .autodiff import any_transformed
+from .base import MonotoneParametrisation
 from .fft import (BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size,
                   compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel,
                   rfft2_blocks, spectral_norm)

@@ -31,11 +31,11 @@ from splitting import LinearOperator, State
 from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
+from .autodiff import any_transformed
 from .base import MonotoneParametrisation
 from .fft import check_kernel_size, kernel_blocks, spectral_norm
 from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
 from .multitier_norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
-from .autodiff import any_transformed
 from .tier_coupling import AliasMap, MultiTierResolvent
 
 

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from splitting import State
 
-from .fft import half_spectrum_weights, kernel_blocks, rfft2_blocks
 from .autodiff import is_transformed
+from .fft import half_spectrum_weights, kernel_blocks, rfft2_blocks
 from .tier_coupling import AliasMap, tier_irfft
 
 
