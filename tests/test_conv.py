@@ -449,21 +449,3 @@ def test_apply_blocks_identity_roundtrip():
 
 
 assert DEVICES[0] == "cpu"  # the shared device list; CUDA cases above skip cleanly without a GPU
-
-
-def test_the_layer_reuses_the_solvers_confirming_application(monkeypatch):
-    """Peaceman-Rachford applies W once per solve (its confirmation); the layer's differentiable
-    application at the (detached) solution reuses it instead of applying W again."""
-    import mondeq.conv as conv_module
-    from mondeq import MonDEQ
-    from mondeq.conv import MonotoneConv
-
-    calls = []
-    original = conv_module.irfft2_blocks
-    monkeypatch.setattr(conv_module, "irfft2_blocks", lambda *a, **k: calls.append(1) or original(*a, **k))
-    layer = MonDEQ(MonotoneConv(1, 3, 6, m=0.5), solver="pr", alpha=1.0, tol=1e-4, max_iter=500)
-    (z,), stats = layer.forward_with_stats(torch.randn(2, 1, 6, 6))
-    assert stats.forward.converged
-    assert len(calls) == 1
-    z.sum().backward()
-    assert layer.linear.F.grad is not None and layer.linear.F.grad.abs().sum() > 0

@@ -363,19 +363,3 @@ def test_cuda_matches_cpu():
                       (cuda.resolvent(0.5).solve_t(tuple(t.cuda() for t in z)), op.resolvent(0.5).solve_t(z))):
         torch.testing.assert_close(flatten(tuple(t.cpu() for t in got)), flatten(want))
     assert cuda.lipschitz() == pytest.approx(op.lipschitz(), rel=1e-9)
-
-
-def test_the_layer_reuses_the_solvers_confirming_application(monkeypatch):
-    """Peaceman-Rachford applies W once per solve (its confirmation); the layer's differentiable
-    application at the (detached) solution reuses it instead of applying W again."""
-    import mondeq.multitier as multitier_module
-
-    calls = []
-    original = multitier_module.apply_multitier
-    monkeypatch.setattr(multitier_module, "apply_multitier", lambda *a, **k: calls.append(1) or original(*a, **k))
-    layer = MonDEQ(MonotoneMultiConv(1, (2, 3), 4, m=0.5), solver="pr", alpha=1.0, tol=1e-4, max_iter=500)
-    z, stats = layer.forward_with_stats(torch.randn(2, 1, 4, 4))
-    assert stats.forward.converged
-    assert len(calls) == 1
-    sum(t.sum() for t in z).backward()
-    assert all(p.grad is not None for p in layer.linear.A)
