@@ -23,15 +23,19 @@ from torch import nn
 
 from splitting import ConvergenceWarning, StepSizeWarning
 
-from mondeq import fc_mondeq, single_conv_mondeq
+from mondeq import fc_mondeq, multitier_conv_mondeq, single_conv_mondeq
 from mondeq.distributed import (DistInfo, all_reduce_sum, broadcast_object, epoch_order, rank_batches,
                                 setup, shard, teardown, unwrap, wrap_model)
+from mondeq.losses import LipschitzMarginLoss
 from mondeq.training import train_epoch
 from mondeq.tuning import AlphaTuner, tune_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
-SCENARIOS = [("fc", "pr"), ("fc", "fb"), ("conv", "pr"), ("conv", "fb")]
+# (model, solver, loss): "certified" is the Lipschitz-margin loss with its ‖U‖₂ penalty, whose
+# gradient reaches U outside the DDP-wrapped forward
+SCENARIOS = [("fc", "pr", "ce"), ("fc", "fb", "ce"), ("conv", "pr", "ce"), ("conv", "fb", "ce"),
+             ("multitier", "pr", "ce"), ("fc", "pr", "certified")]
 N_TRAIN, GLOBAL_BATCH, SEED = 24, 8, 3
 N_TEST = 13  # odd: the two evaluation shards differ in size
 
@@ -42,6 +46,8 @@ def _model(kind: str, solver: str) -> nn.Module:
     settings = dict(solver=solver, alpha=alpha, tol=1e-13, max_iter=4000)
     if kind == "fc":
         return fc_mondeq(6, 5, 3, **settings)
+    if kind == "multitier":
+        return multitier_conv_mondeq(1, 8, (2, 3), 3, **settings)
     return single_conv_mondeq(1, 8, 4, 3, pool=4, **settings)
 
 
@@ -51,9 +57,11 @@ def _data(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(shape, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
-def _train(kind: str, solver: str, info: DistInfo) -> dict[str, torch.Tensor]:
+def _train(kind: str, solver: str, loss: str, info: DistInfo) -> dict[str, torch.Tensor]:
     """Two epochs of Adam on this rank's shares of the global batches; the bare model's weights."""
     model = wrap_model(_model(kind, solver), info, torch.device("cpu"))
+    loss_fn = (LipschitzMarginLoss(unwrap(model), eps=0.5, lipschitz_penalty=0.1) if loss == "certified"
+               else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     x, y = _data(kind, N_TRAIN, seed=1)
     with warnings.catch_warnings():
@@ -62,7 +70,7 @@ def _train(kind: str, solver: str, info: DistInfo) -> dict[str, torch.Tensor]:
         warnings.simplefilter("error", StepSizeWarning)
         for epoch in range(2):
             steps = rank_batches(epoch_order(N_TRAIN, seed=SEED, epoch=epoch), GLOBAL_BATCH, info)
-            train_epoch(model, optimizer, [(x[i], y[i]) for i in steps], steps=len(steps))
+            train_epoch(model, optimizer, [(x[i], y[i]) for i in steps], steps=len(steps), loss_fn=loss_fn)
     return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
 
 
@@ -95,8 +103,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_default_dtype(torch.float64)
     info, device = setup("cpu")
     result = {"info": info, "device": str(device)}
-    for kind, solver in SCENARIOS:
-        result[f"{kind}-{solver}"] = _train(kind, solver, info)
+    for kind, solver, loss in SCENARIOS:
+        result[f"{kind}-{solver}-{loss}"] = _train(kind, solver, loss, info)
     model = wrap_model(_model("fc", "pr"), info, device)
     result["correct"] = _correct(model, info)
     unwrap(model).layer.tol = 1e-6
@@ -150,13 +158,13 @@ def test_setup_without_torchrun_is_one_process(monkeypatch):
     assert wrap_model(model, info, device) is model and unwrap(model) is model
 
 
-@pytest.mark.parametrize("kind,solver", SCENARIOS)
-def test_ddp_on_halves_matches_one_process_on_whole_batches(two_ranks, kind, solver):
+@pytest.mark.parametrize("kind,solver,loss", SCENARIOS)
+def test_ddp_on_halves_matches_one_process_on_whole_batches(two_ranks, kind, solver, loss):
     """The implicit backward under DDP: 6 Adam steps on halves = 6 steps on the whole batches."""
-    reference = _train(kind, solver, DistInfo(0, 1, 0))
+    reference = _train(kind, solver, loss, DistInfo(0, 1, 0))
     initial = _model(kind, solver).state_dict()
     for rank in two_ranks:
-        params = rank[f"{kind}-{solver}"]
+        params = rank[f"{kind}-{solver}-{loss}"]
         assert params.keys() == reference.keys()
         for name, value in reference.items():
             assert (value - initial[name]).abs().max() > 1e-3  # training moved every parameter
