@@ -313,6 +313,10 @@ def report(run: Run, train_wall: float, say) -> dict:
         tight = result["certified_tight"]
         say("                           " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in tight["certified"].items())
             + f" (sound; re-solved at tol {TIGHT_TOL:g}: slack {tight['slack']:.2g})")
+        if args.epsilons and tight["slack"] > 0.1 * min(args.epsilons):
+            say(f"                           the solver-error slack is large next to ε (a large ‖I − W‖₂): "
+                f"`python experiments/certify.py {args.out} --dtype float64 --tol 1e-9` certifies with "
+                f"a float64 solve at tol 1e-9")
     say(f"  training wall time       {train_wall:.1f} s")
     say(f"  wrote {args.out / 'results.json'}, {args.out / 'curves.png'}, {run.checkpoint}")
     return result

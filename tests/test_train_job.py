@@ -41,3 +41,14 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, float32):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.main(["--epochs", "1", "--resume", "--train-limit", "64", "--test-limit", "64",
                     "--out", str(tmp_path)])
+
+
+def test_report_points_to_float64_certification_when_the_slack_is_large(tmp_path, float32, capsys):
+    """The final report says how to certify more tightly when the solver-error slack of its
+    re-solve is large next to the smallest ε (here ε = 1e-9, so any slack is), and not otherwise."""
+    train = load_experiment("train")
+    common = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size", "64"]
+    train.main([*common, "--epsilons", "1e-9", "--out", str(tmp_path / "tiny")])
+    assert "experiments/certify.py" in capsys.readouterr().out
+    train.main([*common, "--epsilons", "100", "--out", str(tmp_path / "huge")])
+    assert "experiments/certify.py" not in capsys.readouterr().out
