@@ -171,11 +171,15 @@ class ConvOperator(LinearOperator):
         """W x (or Wᵀ x) from plain operations on freshly built blocks: for forward-mode tangents
         and ``torch.func`` transforms, which the cache, the memo and :class:`BlockApply` do not
         carry (:mod:`mondeq.autodiff`)."""
-        f = kernel_blocks(self.f_kernel, self.size)
-        g = kernel_blocks(self.g_kernel, self.size)
-        w = (1.0 - self.m) * identity_blocks(f.shape[0], f.shape[1], f) - f.mH @ f + g.mH - g
+        w = self._build_w_blocks()
         blocks = w.mT if which == "mv" else w.conj()
         return irfft2_blocks(torch.matmul(rfft2_blocks(x), blocks), self.size)
+
+    def _build_w_blocks(self) -> Tensor:
+        r""":math:`\hat W = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G` from the kernels, uncached."""
+        f = kernel_blocks(self.f_kernel, self.size)
+        g = kernel_blocks(self.g_kernel, self.size)
+        return (1.0 - self.m) * identity_blocks(f.shape[0], f.shape[1], f) - f.mH @ f + g.mH - g
 
     def w_blocks(self) -> Tensor:
         r"""Blocks :math:`\hat W(\omega) = (1 - m)I - \hat F^H\hat F + \hat G^H - \hat G`, shape
@@ -198,10 +202,7 @@ class ConvOperator(LinearOperator):
                 self._cache[key] = self._cache[(which, True)].detach()
             elif which == "w":
                 with torch.set_grad_enabled(trainable):
-                    f = kernel_blocks(self.f_kernel, self.size)
-                    g = kernel_blocks(self.g_kernel, self.size)
-                    eye = identity_blocks(f.shape[0], f.shape[1], f)
-                    w = (1.0 - self.m) * eye - f.mH @ f + g.mH - g
+                    w = self._build_w_blocks()
                 self._cache[("w", trainable)] = w
                 if not track:
                     self._cache[key] = w.detach()

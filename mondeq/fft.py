@@ -177,8 +177,10 @@ def rfft2_blocks(x: Tensor, *, norm: str = "backward") -> Tensor:
     return spectrum.reshape(b * c, -1).transpose(0, 1).contiguous().view(-1, b, c)
 
 
-def irfft2_blocks(y: Tensor, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`rfft2_blocks`: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real (contiguous).
+def irfft2_blocks(y: Tensor, size: tuple[int, int], *, norm: str = "backward") -> Tensor:
+    """Inverse of :func:`rfft2_blocks` (same ``norm``): ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)``
+    real (contiguous). Differentiable in every autograd mode: a spectrum that carries a
+    derivative takes torch's transform.
 
     No transpose copy: the transform reads the frequency-major layout through strides and writes
     sample-major output. On the CPU scipy's pocketfft does it (and makes no defensive copy of the
@@ -188,18 +190,18 @@ def irfft2_blocks(y: Tensor, size: tuple[int, int]) -> Tensor:
     # scipy needs real storage and drops tangents: torch.func transforms (jvp, grad) wrap
     # tensors, and forward-mode duals carry tangents, so both take torch's path
     plain = y.device.type == "cpu" and not (y.requires_grad or is_transformed(y))
-    return _irfft2_scipy(y, size) if plain else _irfft2_torch(y, size)
+    return _irfft2_scipy(y, size, norm) if plain else _irfft2_torch(y, size, norm)
 
 
-def _irfft2_scipy(y: Tensor, size: tuple[int, int]) -> Tensor:
+def _irfft2_scipy(y: Tensor, size: tuple[int, int], norm: str = "backward") -> Tensor:
     h, w = size
     nf, b, c = y.shape
     spectrum = y.detach().numpy().reshape(h, nf // h, b, c).transpose(2, 3, 0, 1)
-    out = scipy.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1), workers=torch.get_num_threads())
+    out = scipy.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1), norm=norm, workers=torch.get_num_threads())
     return torch.from_numpy(out)
 
 
-def _irfft2_torch(y: Tensor, size: tuple[int, int]) -> Tensor:
+def _irfft2_torch(y: Tensor, size: tuple[int, int], norm: str = "backward") -> Tensor:
     # The transform over the frequency axes of the (H, W//2+1, B, C) view: the c2r transform
     # first runs a c2c pass over H into a fresh sample-major buffer (torch always does, since
     # c2r may overwrite its input), which takes the place of the old explicit transpose copy;
@@ -207,7 +209,7 @@ def _irfft2_torch(y: Tensor, size: tuple[int, int]) -> Tensor:
     # (B, C, H, W)-contiguous already, so the final ``contiguous`` is a no-op check.
     h, w = size
     nf, b, c = y.shape
-    out = torch.fft.irfft2(y.reshape(h, nf // h, b, c), s=(h, w), dim=(0, 1))
+    out = torch.fft.irfft2(y.reshape(h, nf // h, b, c), s=(h, w), dim=(0, 1), norm=norm)
     return out.permute(2, 3, 0, 1).contiguous()
 
 

@@ -116,13 +116,12 @@ class MultiConvOperator(LinearOperator):
             return KernelGradApply.apply(self, transpose, self.tiers, *z, *kernels)
         key = ("rmv" if transpose else "mv", True)
         if key not in self._blocks:
-            if self._graph_spectra is None:  # spectra with a graph, built once per operator
-                # (even inside the solver's no_grad: under torch.func.grad they serve the
-                # differentiable application after the solve too)
-                with torch.enable_grad():
+            # built with a graph even inside the solver's no_grad: under torch.func.grad the same
+            # blocks serve the differentiable application after the solve
+            with torch.enable_grad():
+                if self._graph_spectra is None:  # spectra with a graph, built once per operator
                     self._graph_spectra = tuple([kernel_blocks(k, s) for k, s in zip(ks, self.sizes)]
                                                 for ks in (self.a_kernels, self.g_kernels, self.s_kernels))
-            with torch.enable_grad():
                 self._blocks[key] = multitier_blocks(*self._graph_spectra, self.m, transpose=transpose)
         return apply_multitier(z, self._blocks[key], self.alias_maps(), self.sizes)
 

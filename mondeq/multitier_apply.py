@@ -31,8 +31,8 @@ from torch import Tensor
 from splitting import State
 
 from .autodiff import is_transformed
-from .fft import half_spectrum_weights, kernel_blocks, rfft2_blocks
-from .tier_coupling import AliasMap, tier_irfft
+from .fft import half_spectrum_weights, irfft2_blocks, kernel_blocks, rfft2_blocks
+from .tier_coupling import AliasMap
 
 
 class _RowMatmul(torch.autograd.Function):
@@ -137,7 +137,7 @@ def apply_multitier(z: State, blocks: list[tuple[tuple, tuple]], maps: list[Alia
         y = diag[i] + row_matmul(fz[i], a_adj)
         if c_adj is not None:
             y = y + row_matmul(maps[i].unfold(fz[i + 1]), c_adj)
-        out.append(tier_irfft(y, sizes[i]))
+        out.append(irfft2_blocks(y, sizes[i], norm="ortho"))
     return tuple(out)
 
 

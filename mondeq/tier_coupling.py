@@ -45,33 +45,13 @@ are the conjugate transposes of these: :meth:`MultiTierResolvent.solve_t` reuses
 """
 from __future__ import annotations
 
-import scipy.fft
 import torch
 from torch import Tensor
 
 from splitting import Resolvent, State
 
 from .autodiff import is_transformed
-from .fft import rfft2_blocks
-
-
-def tier_irfft(y: Tensor, size: tuple[int, int]) -> Tensor:
-    """Inverse of ``rfft2_blocks(·, norm="ortho")``: ``(H·(W//2+1), B, C)`` → ``(B, C, H, W)`` real.
-
-    Unlike :func:`~mondeq.fft.irfft2_blocks` (used without derivatives only), differentiable:
-    scipy's transform only for a spectrum that carries no derivative.
-
-    On the CPU scipy's pocketfft reads the frequency-major layout through strides (torch's c2r
-    transform copies and transposes its input first, about 30% slower here).
-    """
-    h, w = size
-    nf, b, c = y.shape
-    if y.device.type == "cpu" and not (y.requires_grad or is_transformed(y)):
-        spectrum = y.numpy().reshape(h, nf // h, b, c).transpose(2, 3, 0, 1)
-        out = scipy.fft.irfft2(spectrum, s=(h, w), axes=(-2, -1), norm="ortho",
-                               workers=torch.get_num_threads())
-        return torch.from_numpy(out)
-    return torch.fft.irfft2(y.permute(1, 2, 0).reshape(b, c, h, nf // h), s=(h, w), norm="ortho")
+from .fft import irfft2_blocks, rfft2_blocks
 
 
 class AliasMap:
@@ -258,7 +238,7 @@ class MultiTierResolvent(Resolvent):
             # y_{i+1} = r̂_{i+1} − ÂᴴZw, accumulated in the product (no separate pass)
             y = rfft2_blocks(r[i + 1].detach(), norm="ortho").baddbmm_(w, fac["az"], alpha=-1)
         x = torch.matmul(y, factors[-1]["b"])
-        out = [tier_irfft(x, self.sizes[-1])]
+        out = [irfft2_blocks(x, self.sizes[-1], norm="ortho")]
         for i in range(tiers - 2, -1, -1):
             b, zw = kept[i]
             q = zw.baddbmm_(x, factors[i]["hz"])  # kept tensors are used once: updated in place
@@ -267,7 +247,7 @@ class MultiTierResolvent(Resolvent):
             for j in range(4):
                 torch.bmm(q, f[j], out=per_alias[j])
             x = b.sub_(self.maps[i].from_slots(per_alias))
-            out.append(tier_irfft(x, self.sizes[i]))
+            out.append(irfft2_blocks(x, self.sizes[i], norm="ortho"))
         return tuple(reversed(out))
 
 

@@ -58,12 +58,20 @@ def one_direction(params: dict, name: str) -> dict:
             for k, v in params.items()}
 
 
-@pytest.mark.parametrize("kind, name", CASES)
-def test_torch_func_jvp_in_every_parameter_direction(kind, name):
+def parameter_problem(kind: str, name: str, configure=None):
+    """The layer (``configure(layer)`` applied first), its input, its detached parameters, a random
+    direction in parameter ``name`` and the central difference of the equilibrium along it."""
     layer, x = build(kind)
+    if configure is not None:
+        configure(layer)
     params = {k: v.detach() for k, v in layer.named_parameters()}
     direction = one_direction(params, name)
-    expected = central_difference(layer, params, x, direction)
+    return layer, x, params, direction, central_difference(layer, params, x, direction)
+
+
+@pytest.mark.parametrize("kind, name", CASES)
+def test_torch_func_jvp_in_every_parameter_direction(kind, name):
+    layer, x, params, direction, expected = parameter_problem(kind, name)
     _, tangent = torch.func.jvp(lambda p: flat_state(layer, p, x), (params,), (direction,))
     assert expected.norm() > 1e-6  # the direction moves the equilibrium
     torch.testing.assert_close(tangent, expected, atol=1e-7, rtol=1e-6)
@@ -71,10 +79,7 @@ def test_torch_func_jvp_in_every_parameter_direction(kind, name):
 
 @pytest.mark.parametrize("kind, name", CASES)
 def test_forward_ad_dual_parameter_in_every_direction(kind, name):
-    layer, x = build(kind)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-    direction = one_direction(params, name)
-    expected = central_difference(layer, params, x, direction)
+    layer, x, params, direction, expected = parameter_problem(kind, name)
     with fwAD.dual_level():
         duals = {k: fwAD.make_dual(v, direction[k]) if k == name else v for k, v in params.items()}
         tangent = fwAD.unpack_dual(flat_state(layer, duals, x)).tangent
@@ -106,13 +111,12 @@ def test_torch_func_grad_equals_autograd_and_finite_differences(kind):
 def test_forward_mode_is_exact_for_every_solver(kind, name, solver):
     """Forward-backward applies W inside the iteration: the tangent must still be the implicit
     one, not the derivative of the unrolled iterations."""
-    layer, x = build(kind)
-    layer.solver = solver
-    if solver.endswith("fb"):
-        layer.alpha = layer.linear.operator().m / layer.linear.operator().lipschitz() ** 2
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-    direction = one_direction(params, name)
-    expected = central_difference(layer, params, x, direction)
+    def configure(layer):
+        layer.solver = solver
+        if solver.endswith("fb"):
+            layer.alpha = layer.linear.operator().m / layer.linear.operator().lipschitz() ** 2
+
+    layer, x, params, direction, expected = parameter_problem(kind, name, configure)
     _, tangent = torch.func.jvp(lambda p: flat_state(layer, p, x), (params,), (direction,))
     torch.testing.assert_close(tangent, expected, atol=1e-7, rtol=1e-6)
 

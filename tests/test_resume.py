@@ -16,6 +16,7 @@ import torch
 from mondeq import fc_mondeq
 from mondeq.training import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from mondeq.tuning import AlphaTuner
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "experiments" / "train.py")
@@ -169,33 +170,39 @@ class _Crash(Exception):
     pass
 
 
-def test_checkpoint_every_n_steps_resumes_inside_the_epoch(tmp_path, monkeypatch):
-    """--checkpoint-every 3: a crash at step 5 of epoch 2 resumes from step 3 of epoch 2, and the
-    finished run (weights and per-epoch figures) equals the uninterrupted one. In-process, with an
-    exception as the crash; the SIGKILL test above covers a real kill."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    args = [*SMALL, "--augment", "--schedule", "onecycle", "--tune-alpha-every", "4"]
+def _crash_and_resume(tmp_path, monkeypatch, args, *, crash_at: int, every: int) -> dict:
+    """Train ``args`` uninterrupted into ``full/``; train them again into ``cut/`` with
+    ``--checkpoint-every every``, crashing (an exception) at the ``crash_at``-th optimizer step;
+    resume ``cut/`` under a different global seed and check it ends as ``full/`` did. Returns the
+    checkpoint the crash left behind."""
+    train = load_experiment("train")
     train.main([*args, "--out", str(tmp_path / "full")])
     step, calls = torch.optim.Adam.step, [0]
 
     def crashing_step(self, *a, **k):
         calls[0] += 1
-        if calls[0] == STEPS_PER_EPOCH + 5:
+        if calls[0] == crash_at:
             raise _Crash
         return step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
     with pytest.raises(_Crash):
-        train.main([*args, "--checkpoint-every", "3", "--out", str(tmp_path / "cut")])
+        train.main([*args, "--checkpoint-every", str(every), "--out", str(tmp_path / "cut")])
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     state = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
-    assert state["epoch"] == 1 and (state["extra"]["partial"]["epoch"], state["extra"]["partial"]["step"]) == (2, 3)
     torch.manual_seed(999)  # the resumed run must not depend on the process's RNG state
     train.main(["--resume", "--out", str(tmp_path / "cut")])
     _same_run(tmp_path / "full", tmp_path / "cut")
+    return state
+
+
+def test_checkpoint_every_n_steps_resumes_inside_the_epoch(tmp_path, monkeypatch):
+    """--checkpoint-every 3: a crash at step 5 of epoch 2 resumes from step 3 of epoch 2, and the
+    finished run (weights and per-epoch figures) equals the uninterrupted one. In-process, with an
+    exception as the crash; the SIGKILL test above covers a real kill."""
+    args = [*SMALL, "--augment", "--schedule", "onecycle", "--tune-alpha-every", "4"]
+    state = _crash_and_resume(tmp_path, monkeypatch, args, crash_at=STEPS_PER_EPOCH + 5, every=3)
+    assert state["epoch"] == 1 and (state["extra"]["partial"]["epoch"], state["extra"]["partial"]["step"]) == (2, 3)
 
 
 def test_replay_order_is_the_epoch_th_permutation_of_one_generator():
@@ -208,26 +215,7 @@ def test_replay_order_is_the_epoch_th_permutation_of_one_generator():
 def test_multitier_run_resumed_inside_an_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):
     """The multi-tier model (its tier biases, stride-2 kernels and the α tuner) resumes exactly
     too: a crash in epoch 2 with --checkpoint-every 1, then --resume, equals the uninterrupted run."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / "experiments" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     args = ["--model", "multitier", "--channels", "2", "4", "4", "--train-limit", "96", "--test-limit", "32",
             "--epochs", "3", "--batch-size", "32", "--epsilons", "0.1", "--tune-alpha-every", "2"]
-    train.main([*args, "--out", str(tmp_path / "full")])
-    step, calls = torch.optim.Adam.step, [0]
-
-    def crashing_step(self, *a, **k):
-        calls[0] += 1
-        if calls[0] == 3 + 2:  # the second step of epoch 2 (3 steps an epoch)
-            raise _Crash
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", crashing_step)
-    with pytest.raises(_Crash):
-        train.main([*args, "--checkpoint-every", "1", "--out", str(tmp_path / "cut")])
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
-    assert read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["extra"]["partial"]["step"] == 1
-    torch.manual_seed(123)
-    train.main(["--resume", "--out", str(tmp_path / "cut")])
-    _same_run(tmp_path / "full", tmp_path / "cut")
+    state = _crash_and_resume(tmp_path, monkeypatch, args, crash_at=3 + 2, every=1)  # step 2 of epoch 2
+    assert (state["extra"]["partial"]["epoch"], state["extra"]["partial"]["step"]) == (2, 1)
