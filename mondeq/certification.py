@@ -183,9 +183,9 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
             batch_size: int | None = 1000) -> Certificate:
     r"""Sound per-example certified ℓ2 radii of a :class:`~mondeq.models.MonDEQClassifier`.
 
-    The layer returns :math:`\hat z = \sigma(W z_k + Ux + b)` (one application after the solve) and
-    the head reads :math:`\hat z`; so the residual :math:`e = \hat z - \sigma(W\hat z + Ux + b)` of
-    exactly that state gives :math:`\|\hat z - z^\star\| \le \delta`
+    The layer returns the solver's state :math:`\hat z` and the head reads it; the residual
+    :math:`e = \hat z - \sigma(W\hat z + Ux + b)` of exactly that state, recomputed here
+    independently of the solver's claim, gives :math:`\|\hat z - z^\star\| \le \delta`
     (:func:`equilibrium_error_bound` with ``operator().lipschitz()``), and each margin is reduced by
     :math:`\|H_y - H_j\|_2\,\delta` (:func:`certified_radius`). Works for every layer through
     ``input_norm()``, ``operator()`` and ``head_matrix()``.

@@ -27,6 +27,7 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .autodiff import any_transformed
+from .last_application import LastApplication
 from .base import MonotoneParametrisation
 from .fft import (BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size,
                   compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel,
@@ -69,30 +70,6 @@ class ConvResolvent(Resolvent):
         return (apply_blocks(x.detach(), self._conj),)
 
 
-class _Memo:
-    """The last application of a block operator: its input, the input's spectrum and the result.
-
-    The input is held (strongly: the solver's residual check passes a temporary detached alias,
-    and a dead input's memory could be reused by another tensor), so an alias of it is
-    recognised by its memory and shared version counter.
-    """
-
-    def __init__(self, x: Tensor, x_hat: Tensor, y: Tensor) -> None:
-        self.x = x
-        self.x_version = x._version
-        self.x_hat = x_hat
-        self.y = y
-        self.y_version = y._version
-
-    def matches(self, x: Tensor) -> bool:
-        """Whether ``x`` views the same, unmodified memory as the stored input (``x`` itself or an
-        alias such as ``x.detach()``) and the stored result is unmodified too."""
-        held = self.x
-        return (x._version == self.x_version and self.y._version == self.y_version
-                and (held is x or (x.data_ptr() == held.data_ptr() and x.shape == held.shape
-                                   and x.stride() == held.stride() and x.dtype == held.dtype)))
-
-
 class ConvOperator(LinearOperator):
     r"""W = (1 − m)I − FᵀF + Gᵀ − G for circular convolutions F, G on ``(C, H, W)`` states.
 
@@ -129,7 +106,7 @@ class ConvOperator(LinearOperator):
         self.f_kernel = f_kernel
         self.g_kernel = g_kernel
         self._cache: dict[tuple[str, bool], Tensor] = {}
-        self._memo: dict[str, _Memo] = {}
+        self._memo = LastApplication()
         self._lipschitz: float | None = None
 
     @property
@@ -152,16 +129,16 @@ class ConvOperator(LinearOperator):
         if any_transformed(x, self.f_kernel, self.g_kernel):
             return self._apply_plain(which, x)
         blocks = self._blocks(which)
-        memo = self._memo.get(which)
         # W is often applied twice to the same tensor: with a graph for the implicit layer and
         # without one for the reported residual of the same state. The second application
         # reuses the first while neither tensor has changed.
-        if memo is not None and memo.matches(x):
-            x_hat, y = memo.x_hat, memo.y.clone()
+        memo = self._memo.get(which, (x,))
+        if memo is not None:
+            x_hat, y = memo[0], memo[1].clone()
         else:
             x_hat = rfft2_blocks(x.detach())
             y = irfft2_blocks(torch.matmul(x_hat, blocks.detach()), self.size)
-            self._memo[which] = _Memo(x, x_hat, y)
+            self._memo.put(which, (x,), (y,), (x_hat, y))
         if torch.is_grad_enabled() and (x.requires_grad or blocks.requires_grad):
             # a detached alias: the memo's tensor itself must not become a graph output
             return BlockApply.apply(x, blocks, (x_hat, y.detach()))

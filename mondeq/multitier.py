@@ -32,6 +32,7 @@ from splitting.errors import InvalidSettingError
 from splitting.operator import check_alpha
 
 from .autodiff import any_transformed
+from .last_application import LastApplication
 from .base import MonotoneParametrisation
 from .fft import check_kernel_size, kernel_blocks, spectral_norm
 from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
@@ -83,7 +84,7 @@ class MultiConvOperator(LinearOperator):
         self._maps: list[AliasMap] | None = None
         self._graph_spectra: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
         self._blocks: dict[tuple[str, bool], list] = {}
-        self._memo: dict[str, tuple] = {}
+        self._memo = LastApplication()
         self._lipschitz: float | None = None
 
     @property
@@ -129,16 +130,15 @@ class MultiConvOperator(LinearOperator):
         """W z (or Wᵀ z) without a graph. The last result is kept and returned again for the same,
         unmodified input (the solver's residual and the layer's application share a state)."""
         key = "rmv" if transpose else "mv"
-        memo = self._memo.get(key)
-        if memo is not None and _same_state(memo[0], z) and all(
-                t._version == v for t, v in zip(memo[1], memo[2])):
-            return memo[1]
+        memo = self._memo.get(key, z)
+        if memo is not None:
+            return memo
         with torch.no_grad():
             if (key, False) not in self._blocks:
                 self._blocks[(key, False)] = multitier_blocks(*self.spectra(), self.m, transpose=transpose)
             out = apply_multitier(tuple(t.detach() for t in z), self._blocks[(key, False)],
                                   self.alias_maps(), self.sizes)
-        self._memo[key] = (tuple((t, t._version) for t in z), out, tuple(t._version for t in out))
+        self._memo.put(key, z, out, out)
         return out
 
     def spectra(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -179,14 +179,6 @@ class MultiConvOperator(LinearOperator):
             d = sum(c * 4 ** (self.tiers - 1 - i) for i, c in enumerate(a.shape[0] for a in self.a_kernels))
             self._lipschitz = exact_norm(self) if d <= EXACT_GROUP_LIMIT else block_norm_bound(self)
         return self._lipschitz
-
-
-def _same_state(saved: tuple, z: State) -> bool:
-    """Whether ``z`` views the same, unmodified memory as a saved state (detached aliases share
-    the version counter; the saved tensors are held, so their memory cannot be reused)."""
-    return len(saved) == len(z) and all(
-        s.data_ptr() == t.data_ptr() and s.shape == t.shape and s.stride() == t.stride()
-        and t._version == version for (s, version), t in zip(saved, z))
 
 
 class MonotoneMultiConv(MonotoneParametrisation):

@@ -1,25 +1,34 @@
 r"""Implicit differentiation through an equilibrium, shared by every splitting method.
 
-Forward: solve :math:`z^\star = \sigma(Wz^\star + b)` without a graph, then apply the layer once
-with the graph, :math:`v = W\,\mathrm{sg}(z^\star) + b`, :math:`z = \sigma(v)`. The nonlinearity
-is a custom node whose backward replaces the gradient :math:`\bar g` arriving at :math:`z` by the
-exact implicit gradient with respect to :math:`v`,
+Forward: solve :math:`\hat z \approx z^\star = \sigma(Wz^\star + b)` without a graph. The value
+handed back is the solver's own state :math:`\hat z`, the one whose true residual the stopping
+rule confirmed, so ``converged=True`` and ``result.true_residual`` describe exactly what the user
+holds. (Applying the layer once more, :math:`\sigma(W\hat z + b)`, would multiply the error by up
+to :math:`\|W\|_2`: on hard operators that state missed ``tol`` by up to 22×.)
+
+The gradient is attached without changing that value: the pre-activation
+:math:`v = W\,\mathrm{sg}(\hat z) + b` is computed with the graph (so autograd reaches W's
+parameters, U, b and x), and a custom node maps :math:`v` to :math:`\hat z` in value, with the
+exact implicit derivatives of the equilibrium. Its backward turns the gradient :math:`\bar g`
+arriving at :math:`z` into
 
 .. math:: u = (I - J W^\top)^{-1} J \bar g,\qquad J = \sigma'(v).
 
 (Differentiating :math:`z^\star = \sigma(Wz^\star + b)` gives :math:`dz = J(W\,dz + dv_0)` with
 :math:`dv_0 = dW\,z^\star + db` the change of :math:`v` at fixed :math:`z^\star`, so
 :math:`dz = (I - JW)^{-1}J\,dv_0`, and :math:`((I - JW)^{-1}J)^\top = (I - JW^\top)^{-1}J` by
-the push-through identity.) Autograd carries :math:`u` from :math:`v` to W's parameters, U, b
-and x. :math:`u` solves the monotone inclusion :math:`0 \in (I - W^\top)u - \bar g + Du`,
-:math:`D = J^{-1} - I`, by the same splitting method on :math:`W^\top`, reusing the forward
-resolvent transposed. Memory is that of one layer application, whatever the iteration count,
-and the backward pass costs the solve plus the parameter gradients of one application of W.
+the push-through identity.) :math:`u` solves the monotone inclusion
+:math:`0 \in (I - W^\top)u - \bar g + Du`, :math:`D = J^{-1} - I`, by the same splitting method
+on :math:`W^\top`, reusing the forward resolvent transposed. Memory is that of one layer
+application, whatever the iteration count, and the backward pass costs the solve plus the
+parameter gradients of one application of W. Under ``torch.inference_mode`` no graph can be
+asked for, so W is not applied again at all.
 
 Forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``) is exact in the same way: the
 tangent :math:`\dot z = (I - JW)^{-1}J\dot v` solves :math:`\dot z = J(W\dot z + \dot v)`, the
 equilibrium of a layer with nonlinearity :math:`J` and bias :math:`\dot v`, by the same method and
-the forward resolvent. Second-order derivatives (double backward, ``hvp``) and vmap-based
+the forward resolvent; the tangent returned is that solve's state, under the same ``converged``
+rule. Second-order derivatives (double backward, ``hvp``) and vmap-based
 transforms (``jacrev``, ``jacfwd``) raise :class:`~splitting.errors.UnsupportedDerivativeError`;
 ``torch.autograd.functional.jacobian`` (one backward per output) is exact.
 
@@ -89,19 +98,21 @@ class _Problem:
 
 
 class _ImplicitNonlinearity(torch.autograd.Function):
-    r""":math:`z = \sigma(v)` whose derivatives are those of the equilibrium: the backward returns
-    :math:`u = (I - JW^\top)^{-1}J\bar g` for :math:`v`, the forward-mode rule returns
-    :math:`(I - JW)^{-1}J\dot v`."""
+    r"""The node :math:`v \mapsto \hat z`: its value is the solver's state :math:`\hat z` (passed
+    detached after the tiers of :math:`v`), its derivatives are those of the equilibrium: the
+    backward returns :math:`u = (I - JW^\top)^{-1}J\bar g` for :math:`v`, the forward-mode rule
+    returns :math:`(I - JW)^{-1}J\dot v`."""
 
     @staticmethod
-    def forward(problem: _Problem, prox: Prox, *v: Tensor):  # type: ignore[override]
-        return prox.apply(v)
+    def forward(problem: _Problem, prox: Prox, *v_and_z: Tensor):  # type: ignore[override]
+        # a copy, so that the caller's in-place edits never reach the solver's result
+        return tuple(t.clone() for t in v_and_z[len(v_and_z) // 2:])
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.problem = inputs[0]
         # kept (not copied) only so that a differentiable backward can anchor its refusal to them
-        ctx.save_for_backward(*inputs[2:])
+        ctx.save_for_backward(*inputs[2:2 + len(output)])
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
@@ -117,12 +128,13 @@ class _ImplicitNonlinearity(torch.autograd.Function):
         u = result.z
         if torch.is_grad_enabled():  # create_graph=True: u depends on W, J and ḡ in ways not traced
             u = _RefuseSecondOrder.apply(len(u), *u, *grads, *ctx.saved_tensors)
-        return (None, None, *u)
+        return (None, None, *u, *(None,) * len(u))
 
     @staticmethod
     def jvp(ctx, _problem_tangent, _prox_tangent, *tangents: Tensor):  # type: ignore[override]
-        _refuse_batched(tangents, "forward")
         p: _Problem = ctx.problem
+        tangents = tangents[:len(p.pre_activation)]  # ẑ enters detached: no tangent of its own
+        _refuse_batched(tangents, "forward")
         tangents = tuple(torch.zeros_like(t) if d is None else d for d, t in zip(tangents, p.pre_activation))
         result = p.solve(p.op, tangents, p.forward.resolvent, mode="forward")
         _warn_if_unconverged(result, "forward-mode tangent")
@@ -197,8 +209,10 @@ def equilibrium(
             solves (default: the forward ones).
 
     Returns:
-        ``(z, stats)``: the state after one differentiable application of the layer at the
-        solution, and the forward (and, after ``backward()``, backward) solver results.
+        ``(z, stats)``: the solver's state ẑ (equal in value to ``stats.forward.z``, so
+        ``stats.forward.converged`` and ``stats.forward.true_residual`` describe it) carrying the
+        exact implicit derivatives, and the forward (and, after ``backward()``, backward) solver
+        results.
     """
     device_type = bias[0].device.type
     autocast_off = (torch.autocast(device_type, enabled=False)
@@ -210,17 +224,18 @@ def equilibrium(
                             max_iter=max_iter, z0=z0)
         _warn_if_unconverged(result, "forward")
         stats = EquilibriumStats(forward=result)
+        if torch.is_inference_mode_enabled():  # no graph can be asked for: nothing to attach
+            return tuple(t.clone() for t in result.z), stats
         # z* is where the layer is applied, not a function of the parameters: a solver that
         # applies W (forward-backward) would otherwise hand forward mode an unrolled tangent
-        v = tmap(torch.add, op.mv(tuple(t.detach() for t in result.z)), bias)
-        if torch.is_inference_mode_enabled():
-            return prox.apply(v), stats
+        z_hat = tuple(t.detach() for t in result.z)
+        v = tmap(torch.add, op.mv(z_hat), bias)
         problem = _Problem(op=op, prox=prox, pre_activation=tuple(t.detach() for t in v),
                            forward=result, solver=solver, alpha=alpha,
                            tol=tol if backward_tol is None else backward_tol,
                            max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                            stats=stats)
-        return tuple(_ImplicitNonlinearity.apply(problem, prox, *v)), stats
+        return tuple(_ImplicitNonlinearity.apply(problem, prox, *v, *z_hat)), stats
 
 
 def _warn_if_unconverged(result: SolverResult, which: str) -> None:

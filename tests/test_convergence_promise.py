@@ -195,3 +195,77 @@ def test_confirmation_keeps_estimates_honest_on_a_hard_problem():
         assert result.converged
         true = direct_residual(weight, SoftThreshold(0.05), bias, result.z)
         assert float(true.max()) <= 1e-6
+
+
+def layer_returned_state(layer, x, mode):
+    """What ``layer(x)`` hands the user, under autograd, ``no_grad`` or ``inference_mode``."""
+    context = {"grad": torch.enable_grad, "no_grad": torch.no_grad,
+               "inference": torch.inference_mode}[mode]
+    with context():
+        return layer.forward_with_stats(x)
+
+
+@pytest.mark.parametrize("family", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_converged_means_the_returned_state_meets_tol(name, family):
+    """The promise holds for the state ``layer(x)`` returns (not only the solver's internal
+    one): on the hard operators (large ‖I − W‖), for every method, α and tol, each converged
+    layer call's output has a true residual ≤ tol computed from the dense matrix, and
+    ``stats.forward.true_residual`` is that residual."""
+    linear, x = PROBLEMS[family](4.0)
+    prox = SoftThreshold(0.02)
+    with torch.no_grad():
+        op, bias = linear.operator(), linear.bias(x)
+        weight = op.as_matrix()
+    limit = max_stable_alpha(op)
+    alphas, tols = ((1.0, 1 / 16), (1e-2, 1e-6)) if family == "multitier" else (ALPHAS, TOLS)
+    converged = 0
+    for mode in ("grad", "no_grad", "inference"):
+        for alpha in (*alphas, limit / 2):
+            for tol in tols:
+                layer = MonDEQ(linear, prox, solver=name, alpha=alpha, tol=tol, max_iter=300)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", StepSizeWarning)
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    z, stats = layer_returned_state(layer, x, mode)
+                if not stats.forward.converged:
+                    continue
+                converged += 1
+                true = direct_residual(weight, prox, bias, tuple(t.detach() for t in z))
+                assert bool((true <= tol).all()), (mode, alpha, tol, float(true.max()) / tol)
+                torch.testing.assert_close(stats.forward.true_residual, true, rtol=1e-6, atol=1e-12)
+    assert converged >= (0 if name.endswith("fb") else 6)
+
+
+def test_ten_to_forty_layer_returns_a_state_within_tol():
+    """The issue's example: MonotoneLinear(10, 40, m=0.5), every parameter × 4
+    (L = ‖I − W‖₂ ≈ 19), PR at α = 0.9/L, tol 1e-6. The layer used to report converged with
+    true residual 3.4e-7 while the z it returned had 3.1e-6."""
+    torch.manual_seed(0)
+    linear = MonotoneLinear(10, 40, m=0.5, dtype=torch.float64)
+    with torch.no_grad():
+        for p in linear.parameters():
+            p.mul_(4.0)
+        op = linear.operator()
+        weight = op.as_matrix()
+    lip = float(torch.linalg.matrix_norm(torch.eye(40) - weight, 2))
+    layer = MonDEQ(linear, solver="pr", alpha=0.9 / lip, tol=1e-6, max_iter=2000)
+    x = torch.randn(64, 10)
+    (z,), stats = layer.forward_with_stats(x)
+    assert stats.forward.converged
+    with torch.no_grad():
+        true = direct_residual(weight, ReLU(), linear.bias(x), (z.detach(),))
+    assert float(true.max()) <= 1e-6
+    torch.testing.assert_close(stats.forward.true_residual, true, rtol=1e-6, atol=1e-12)
+
+
+def test_returned_state_is_the_solvers_and_independent_of_it():
+    """``layer(x)`` equals ``stats.forward.z`` in value; editing it in place leaves the stats
+    (and so what ``true_residual`` describes) untouched."""
+    layer = MonDEQ(make_dense(n_in=6, n=10, m=0.2, scale=2.0), tol=1e-4, max_iter=500)
+    (z,), stats = layer.forward_with_stats(torch.randn(5, 6))
+    assert torch.equal(z.detach(), stats.forward.z[0])
+    kept = stats.forward.z[0].clone()
+    with torch.no_grad():
+        z.zero_()
+    assert torch.equal(stats.forward.z[0], kept)
