@@ -33,7 +33,7 @@ import torch
 
 from mondeq import single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize
-from mondeq.training import device_arg
+from mondeq.cli import device_arg
 
 PAPER_STEP, PAPER_FACTOR, PAPER_APPLY = 3.37, 0.40, 0.22
 

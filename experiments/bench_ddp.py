@@ -27,8 +27,9 @@ import torch.multiprocessing as mp
 
 from mondeq import fc_mondeq, single_conv_mondeq
 from mondeq.data import load_mnist, normalize
-from mondeq.training import device_arg
-from mondeq.distributed import (all_reduce_sum, barrier, epoch_order, rank_batches, setup, teardown,
+from mondeq.cli import device_arg
+from mondeq.training.data_order import epoch_order
+from mondeq.training.distributed import (all_reduce_sum, barrier, rank_batches, setup, teardown,
                                 wrap_model)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from mondeq import fc_mondeq
 from mondeq.data import batches, load_mnist, normalize
-from mondeq.training import device_arg
+from mondeq.cli import device_arg
 from splitting import SOLVERS
 
 

@@ -26,9 +26,9 @@ from typing import Callable
 
 import torch
 
-from mondeq import multitier_conv_mondeq
+from mondeq import multitier_mondeq
 from mondeq.data import batches, load_mnist, normalize
-from mondeq.training import device_arg
+from mondeq.cli import device_arg
 
 PAPER_STEP = {1: 5.2, 2: 2.1}
 
@@ -71,7 +71,7 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = load_mnist(train=True)
     x = normalize(x)
-    model = multitier_conv_mondeq(1, 28, tuple(args.channels), solver="pr", alpha=args.alpha,
+    model = multitier_mondeq(1, 28, tuple(args.channels), solver="pr", alpha=args.alpha,
                                   tol=args.tol, max_iter=50).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     linear = model.layer.linear

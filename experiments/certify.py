@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from mondeq import pgd, solver_settings
-from mondeq.certification import certify
+from mondeq.robustness.certification import certify
 from mondeq.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
-from mondeq.training import device_arg, read_checkpoint
+from mondeq.cli import device_arg
+from mondeq.training import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import MODELS, build_model  # noqa: E402  (the main job's models: one source of truth)

@@ -43,9 +43,10 @@ from pathlib import Path
 
 import torch
 
-from mondeq import fc_mondeq, multitier_conv_mondeq, single_conv_mondeq
+from mondeq import fc_mondeq, multitier_mondeq, single_conv_mondeq
 from mondeq.data import batches, load_mnist, normalize, num_batches
-from mondeq.training import device_arg, train_epoch
+from mondeq.cli import device_arg
+from mondeq.training import train_epoch
 from splitting import SOLVERS, DiagonalQuadratic, StepSizeWarning, max_stable_alpha, peaceman_rachford
 
 THRESHOLDS = (1e-2, 1e-4, 1e-6)
@@ -113,7 +114,7 @@ def build_model(config: dict) -> torch.nn.Module:
         raise SystemExit(f"compare_splitting runs on MNIST; the checkpoint was trained on {config['dataset']!r}")
     if config.get("model") == "multitier":
         channels = tuple(int(c) for c in (config.get("channels") or (16, 32, 32)))
-        return multitier_conv_mondeq(1, 28, channels, 10, m=float(config.get("m", 1.0)))
+        return multitier_mondeq(1, 28, channels, 10, m=float(config.get("m", 1.0)))
     if config.get("model", "fc") == "conv":
         channels = config.get("channels") or 54  # train.py saves a list (or None: the default)
         channels = int(channels[0] if isinstance(channels, (list, tuple)) else channels)

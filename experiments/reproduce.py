@@ -21,7 +21,7 @@ per-row epochs, learning rates and schedules are those of the paper's code
 a step decay (×0.1 every 10 epochs, or every 25 for the single-convolution SVHN and CIFAR-10
 models) with lr 1e-3 (1e-2 for the CIFAR-10 multi-tier model); the augmented CIFAR-10 rows run
 65 epochs of one-cycle (peak 1e-2 single conv, 5e-2 multi-tier) with Adam's β1 cycled
-0.95 → 0.85 → 0.95 (mondeq.schedules.one_cycle).
+0.95 → 0.85 → 0.95 (mondeq.training.schedules.one_cycle).
 
 Each run writes ``train.py``'s folder ``RUNS/ROW/`` (results.json, curves.png, checkpoint.pt,
 log.txt) and a summary ``RUNS/ROW.json``: row, dataset, model, accuracy, parameters, epochs,

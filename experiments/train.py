@@ -27,7 +27,7 @@ every global batch (``--batch-size`` is the global batch) with DistributedDataPa
 CPU, nccl on CUDA); metrics are summed over processes and only rank 0 prints and writes files.
 
 Certified training: ``--certified-eps 1.58`` trains for that ℓ2 radius in pixel scale with the
-Lipschitz-margin loss (``mondeq.losses.LipschitzMarginLoss``). Certificates are sound: they
+Lipschitz-margin loss (``mondeq.robustness.losses.LipschitzMarginLoss``). Certificates are sound: they
 subtract the solver's error, and pixel-scale radii use the smallest channel std.
 
 Example::
@@ -47,33 +47,20 @@ from pathlib import Path
 
 import torch
 
-from mondeq import LipschitzMarginLoss, fc_mondeq, single_conv_mondeq
+from mondeq import LipschitzMarginLoss, build_model
 from mondeq.data import DATASETS, Augmentation, load_dataset, normalize_dataset
-from mondeq.distributed import (DistInfo, broadcast_object, rank_batches, setup, shard, teardown,
+from mondeq.training.distributed import (DistInfo, broadcast_object, rank_batches, setup, shard, teardown,
                                 wrap_model)
-from mondeq.schedules import make_schedule
+from mondeq.training.schedules import make_schedule
 from mondeq.training import (CheckpointError, DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint,
                              save_checkpoint, train_epoch)
-from mondeq.training.resume import gather_objects, plain, replay_order
-from mondeq.tuning import AlphaTuner
+from mondeq.training.data_order import epoch_order
+from mondeq.training.resume import gather_objects, plain
+from mondeq.training.step_size import AlphaTuner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_options, also when loaded by path
 from train_options import (DEFAULT_CHANNELS, MODELS, TIGHT_TOL,  # noqa: E402,F401 (MODELS: certify.py)
-                           multitier_conv_mondeq, parse_args, resume_config)
-
-
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The classifier named by ``--model`` for ``--dataset``, on the CPU (moved by the caller)."""
-    spec = DATASETS[args.dataset]
-    settings = dict(m=args.m, solver=args.solver, alpha=args.alpha, tol=args.tol, max_iter=args.max_iter)
-    if args.model == "fc":
-        return fc_mondeq(spec.in_channels * spec.image_size ** 2, args.hidden, spec.num_classes, **settings)
-    channels = tuple(args.channels or DEFAULT_CHANNELS[args.model][args.dataset])
-    if args.model == "conv":
-        if len(channels) != 1:
-            raise SystemExit(f"--channels: --model conv takes one value, got {list(channels)}")
-        return single_conv_mondeq(spec.in_channels, spec.image_size, channels[0], spec.num_classes, **settings)
-    return multitier_conv_mondeq(spec.in_channels, spec.image_size, channels, spec.num_classes, **settings)
+                           multitier_mondeq, parse_args, resume_config)
 
 
 def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
@@ -122,7 +109,7 @@ class Run:
         self.args, self.info, self.device = args, info, device
         spec = DATASETS[args.dataset]
         torch.manual_seed(args.seed)
-        self.model = build_model(args).to(device=device, dtype=torch.float32)
+        self.model = build_model(vars(args)).to(device=device, dtype=torch.float32)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.train_data, self.test_data, self.test_size = load_data(args, info, device)
         self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
@@ -158,9 +145,7 @@ class Run:
         if not self.info.is_main:
             return
         extra = {"partial": partial, "tuner": self.tuner.state_dict() if self.tuner is not None else None,
-                 "loss_step": self.loss_fn.step if self.loss_fn is not None else None,
-                 "norm_estimate": (self.loss_fn.norm_estimate.v if self.loss_fn is not None
-                                   and self.loss_fn.norm_estimate is not None else None)}
+                 "loss": self.loss_fn.state_dict() if self.loss_fn is not None else None}
         save_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         epoch=epoch, history=self.history, config=self.config, extra=extra)
 
@@ -177,10 +162,8 @@ class Run:
                              f"(torchrun --nproc_per_node), not {self.info.world_size}")
         if self.tuner is not None and extra.get("tuner") is not None:
             self.tuner.load_state_dict(extra["tuner"])
-        if self.loss_fn is not None:
-            self.loss_fn.step = extra.get("loss_step") or 0
-            if self.loss_fn.norm_estimate is not None and extra.get("norm_estimate") is not None:
-                self.loss_fn.norm_estimate.v = extra["norm_estimate"].to(self.device)
+        if self.loss_fn is not None and extra.get("loss") is not None:
+            self.loss_fn.load_state_dict(extra["loss"])
 
     def train(self, model: torch.nn.Module, epoch: int):
         """One epoch (or the rest of one, after a checkpoint taken inside it)."""
@@ -208,11 +191,10 @@ class Run:
 
     def epoch_batches(self, epoch: int, skip: int = 0):
         """This rank's batches of ``epoch`` from step ``skip`` on: the order and the crops are pure
-        functions of (seed, epoch, rank), so resuming needs no data-order state. The order is the
-        one this program always drew (``replay_order``), which keeps the default run's numbers;
-        ``mondeq.distributed.epoch_order`` would serve as well (and gives 97.75% vs 97.82%)."""
+        functions of (seed, epoch, rank), so resuming needs no data-order state (epochs count
+        from 1 here and from 0 in ``epoch_order``)."""
         args = self.args
-        steps = rank_batches(replay_order(len(self.train_data), seed=args.seed, epoch=epoch),
+        steps = rank_batches(epoch_order(len(self.train_data), seed=args.seed, epoch=epoch - 1),
                              args.batch_size, self.info)[skip:]
         if self.augment is None:
             yield from self.train_data.batches(steps)

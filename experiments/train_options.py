@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 
 from mondeq.data import DATASETS
-from mondeq.schedules import SCHEDULES
-from mondeq.training import device_arg
-from mondeq.training.resume import ResumeConfigError, explicit_options, merge_saved_config
+from mondeq.training.schedules import SCHEDULES
+from mondeq.cli import device_arg
+from mondeq.errors import ResumeConfigError
+from mondeq.training.resume import explicit_options, merge_saved_config
 from splitting import SOLVERS
 
 DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver "
@@ -31,10 +32,10 @@ MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "check
 """Options that --resume accepts with a value other than the saved run's."""
 
 try:
-    from mondeq.multitier_model import multitier_conv_mondeq
+    from mondeq.models.zoo import multitier_mondeq
 except ImportError:  # the multi-tier model is optional for this program
-    multitier_conv_mondeq = None
-MODELS = ("fc", "conv") + (("multitier",) if multitier_conv_mondeq is not None else ())
+    multitier_mondeq = None
+MODELS = ("fc", "conv") + (("multitier",) if multitier_mondeq is not None else ())
 
 
 def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0, help="splitting step size")
     p.add_argument("--tune-alpha-every", type=int, default=0, metavar="N",
                    help="every N training steps, re-pick α on that batch by halving from 1 while "
-                        "forward + backward iterations fall (mondeq.tuning); 0: keep --alpha")
+                        "forward + backward iterations fall (mondeq.training.step_size); 0: keep --alpha")
     p.add_argument("--tol", type=float, default=1e-2, help="forward/backward relative residual")
     p.add_argument("--max-iter", type=int, default=50, help="solver iteration cap")
     p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),

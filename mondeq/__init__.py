@@ -2,34 +2,36 @@
 
 Layers whose equilibrium z* = σ(Wz* + Ux + b) provably exists and is unique, trained with exact
 implicit gradients, with Lipschitz bounds and certified robustness. Solvers live in
-:mod:`splitting`.
+:mod:`splitting`. One folder per concept:
+
+* :mod:`mondeq.operators`: the parametrisations of W (dense, conv, multi-tier) and their operators;
+* :mod:`mondeq.layer`, :mod:`mondeq.parametrisation`: the MonDEQ module and the protocol it needs;
+* :mod:`mondeq.models`: classifiers, readouts and the model zoo;
+* :mod:`mondeq.robustness`: Lipschitz bounds, certificates, attacks, certified-training losses;
+* :mod:`mondeq.training`: epoch loop, checkpoints, resume, schedules, α tuning, distributed;
+* :mod:`mondeq.data`: MNIST, CIFAR-10, SVHN, augmentation, batching;
+* :mod:`mondeq.errors`: every typed error (root :class:`MonDEQError`).
 """
-from .base import MonotoneParametrisation
-from .attacks import AttackResult, pgd, robust_accuracy
-from .conv import ConvOperator, ConvResolvent, MonotoneConv
-from .certification import (Certificate, certified_accuracy, certified_radius, certify,
-                            equilibrium_error_bound, solver_settings)
-from .dense import MonotoneLinear
-from .layer import MonDEQ
-from .lipschitz import lipschitz_bound, margin_lipschitz, pairwise_margin_norms
-from .losses import LipschitzMarginLoss, margin_lipschitz_matrix
-from .models import FlattenState, MonDEQClassifier, NonAffineReadoutError, fc_mondeq
-from .models import AvgPoolState, single_conv_mondeq
+from .errors import MonDEQError, NonAffineReadoutError
+from .layer import MonDEQ, solver_settings
+from .models import (AvgPoolState, FlattenState, MonDEQClassifier, TierPool, build_model, fc_mondeq,
+                     multitier_mondeq, single_conv_mondeq)
+from .operators import (ConvOperator, ConvResolvent, MonotoneConv, MonotoneLinear,
+                        MonotoneMultiTier, MultiTierOperator, MultiTierResolvent)
+from .parametrisation import MonotoneParametrisation
+from .robustness import (AttackResult, Certificate, LipschitzMarginLoss, certified_accuracy,
+                         certified_radius, certify, equilibrium_error_bound, lipschitz_bound,
+                         margin_lipschitz, margin_lipschitz_matrix, pairwise_margin_norms, pgd,
+                         robust_accuracy)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FlattenState", "MonDEQ", "MonDEQClassifier", "MonotoneLinear", "MonotoneParametrisation",
-    "certified_accuracy", "certified_radius", "fc_mondeq", "lipschitz_bound", "margin_lipschitz",
-    "pairwise_margin_norms",
-    "AttackResult", "Certificate", "certify", "NonAffineReadoutError", "LipschitzMarginLoss", "equilibrium_error_bound",
-    "margin_lipschitz_matrix", "pgd", "robust_accuracy", "solver_settings",
-    "AvgPoolState", "ConvOperator", "ConvResolvent", "MonotoneConv", "single_conv_mondeq",
+    "AttackResult", "AvgPoolState", "Certificate", "ConvOperator", "ConvResolvent", "FlattenState",
+    "LipschitzMarginLoss", "MonDEQ", "MonDEQClassifier", "MonDEQError", "MonotoneConv",
+    "MonotoneLinear", "MonotoneMultiTier", "MonotoneParametrisation", "MultiTierOperator",
+    "MultiTierResolvent", "NonAffineReadoutError", "TierPool", "build_model", "certified_accuracy",
+    "certified_radius", "certify", "equilibrium_error_bound", "fc_mondeq", "lipschitz_bound",
+    "margin_lipschitz", "margin_lipschitz_matrix", "multitier_mondeq", "pairwise_margin_norms",
+    "pgd", "robust_accuracy", "single_conv_mondeq", "solver_settings",
 ]
-
-from .multitier import MonotoneMultiConv, MultiConvOperator
-from .multitier_model import TierPool, multitier_conv_mondeq
-from .tier_coupling import MultiTierResolvent
-
-__all__ += ["MonotoneMultiConv", "MultiConvOperator", "MultiTierResolvent", "TierPool",
-            "multitier_conv_mondeq"]

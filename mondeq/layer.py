@@ -1,16 +1,17 @@
 """The MonDEQ module: a monotone parametrisation + a nonlinearity + solver settings."""
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from splitting import SOLVERS, EquilibriumStats, Prox, ReLU, State, equilibrium
-from splitting.errors import InvalidSettingError, NonFiniteInputError
+from .errors import InvalidSettingError, NonFiniteInputError
 from splitting.operator import check_alpha
 
-from .base import MonotoneParametrisation
+from .parametrisation import MonotoneParametrisation
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _VALIDATED = ("solver", "nonlinearity", "alpha")
@@ -24,7 +25,7 @@ class MonDEQ(nn.Module):
     derivatives are exact too (see :mod:`splitting.implicit`).
 
     Args:
-        linear: the parametrisation of U, b and W (e.g. :class:`~mondeq.dense.MonotoneLinear`).
+        linear: the parametrisation of U, b and W (e.g. :class:`~mondeq.operators.dense.MonotoneLinear`).
         nonlinearity: a proximal nonlinearity σ, an instance of :class:`splitting.Prox`
             (default :class:`splitting.ReLU`).
         solver: ``"pr"``, ``"fb"``, ``"dr"``, ``"anderson-pr"``, ``"anderson-fb"`` (see
@@ -163,3 +164,18 @@ def _check_iterations(n: int, name: str) -> int:
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise InvalidSettingError(f"{name} must be a positive integer, got {n}")
     return int(n)
+
+
+@contextmanager
+def solver_settings(layer: MonDEQ, *, tol: float | None = None,
+                    max_iter: int | None = None) -> Iterator[MonDEQ]:
+    """Temporarily change a layer's forward tolerance and iteration cap (``None`` keeps it)."""
+    saved = (layer.tol, layer.max_iter)
+    try:
+        if tol is not None:
+            layer.tol = float(tol)
+        if max_iter is not None:
+            layer.max_iter = int(max_iter)
+        yield layer
+    finally:
+        layer.tol, layer.max_iter = saved

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mondeq.dense import MonotoneLinear
+from mondeq.operators.dense import MonotoneLinear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

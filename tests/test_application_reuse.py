@@ -4,16 +4,16 @@ application at the detached solution, which gets its kernel gradients all the sa
 import pytest
 import torch
 
-import mondeq.conv as conv_module
-import mondeq.multitier as multitier_module
+import mondeq.operators.conv as conv_module
+import mondeq.operators.multitier.operator as multitier_module
 from mondeq import MonDEQ
-from mondeq.conv import MonotoneConv
-from mondeq.multitier import MonotoneMultiConv
+from mondeq.operators.conv import MonotoneConv
+from mondeq.operators.multitier import MonotoneMultiTier
 
 CASES = {
     # the module-level function each operator calls when it really applies W
     "conv": (conv_module, "irfft2_blocks", lambda: MonotoneConv(1, 3, 6, m=0.5), (2, 1, 6, 6)),
-    "multitier": (multitier_module, "apply_multitier", lambda: MonotoneMultiConv(1, (2, 3), 4, m=0.5),
+    "multitier": (multitier_module, "apply_multitier", lambda: MonotoneMultiTier(1, (2, 3), 4, m=0.5),
                   (2, 1, 4, 4)),
 }
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mondeq import fc_mondeq, pgd, robust_accuracy, solver_settings
-from mondeq.attacks import margins
+from mondeq.robustness.attacks import margins
 from mondeq.data import MNIST_MEAN, MNIST_STD, load_mnist
 from mondeq.training import train_epoch
 

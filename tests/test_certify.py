@@ -5,9 +5,9 @@ import torch
 
 from mondeq import (LipschitzMarginLoss, equilibrium_error_bound, fc_mondeq, lipschitz_bound, pgd,
                     solver_settings)
-from mondeq.attacks import margins
-from mondeq.certification import certify, state_residual
-from mondeq.losses import InputNormEstimate, head_matrix, margin_lipschitz_matrix
+from mondeq.robustness.attacks import margins
+from mondeq.robustness.certification import certify, state_residual
+from mondeq.robustness.losses import InputNormEstimate, head_matrix, margin_lipschitz_matrix
 from mondeq.models import single_conv_mondeq
 from mondeq.training import train_epoch
 from splitting import DenseOperator, ReLU, SoftThreshold, peaceman_rachford

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mondeq import ConvOperator, MonDEQ, MonotoneConv, lipschitz_bound, single_conv_mondeq
-from mondeq.conv import power_iteration_norm, weight_kernel
-from mondeq.fft import (adjoint_kernel, apply_blocks, circular_conv2d, compose_kernels, embed_kernel,
+from mondeq.operators.conv import power_iteration_norm, weight_kernel
+from mondeq.operators.fft import (adjoint_kernel, apply_blocks, circular_conv2d, compose_kernels, embed_kernel,
                         kernel_blocks, spectral_norm)
 from splitting import (InvalidSettingError, ReLU, SoftThreshold, StateShapeError, equilibrium,
                        forward_backward, max_stable_alpha, peaceman_rachford)
@@ -372,7 +372,7 @@ def test_everything_follows_the_device_and_dtype(device):
 
 @pytest.mark.parametrize("hw", [(5, 5), (5, 6), (6, 5), (4, 1)])
 def test_inverse_transform_backends_agree(hw):
-    from mondeq.fft import _irfft2_scipy, _irfft2_torch, irfft2_blocks, rfft2_blocks
+    from mondeq.operators.fft import _irfft2_scipy, _irfft2_torch, irfft2_blocks, rfft2_blocks
     x = torch.randn(3, 2, *hw)
     spectrum = rfft2_blocks(x)
     torch.testing.assert_close(irfft2_blocks(spectrum, hw), x)
@@ -385,7 +385,7 @@ def test_inverse_transform_backends_agree(hw):
 @pytest.mark.parametrize("hw", [(5, 6), (4, 1)])
 def test_rfft2_blocks_is_the_frequency_major_spectrum(hw):
     """Block ω, row b, column c is rfft2(x)[b, c, ω_h, ω_w] (row-major ω), stored contiguously."""
-    from mondeq.fft import rfft2_blocks
+    from mondeq.operators.fft import rfft2_blocks
     x = torch.randn(3, 2, *hw)
     blocks = rfft2_blocks(x)
     assert blocks.shape == (hw[0] * (hw[1] // 2 + 1), 3, 2) and blocks.is_contiguous()
@@ -397,7 +397,7 @@ def test_rfft2_blocks_is_the_frequency_major_spectrum(hw):
 def test_kernel_spectra_first_built_under_inference_mode_still_differentiate():
     """The cached phase tables are plain tensors even when first built under inference_mode, so a
     later differentiable spectrum can save them for backward."""
-    from mondeq.fft import _phase_table
+    from mondeq.operators.fft import _phase_table
     _phase_table.cache_clear()  # the first build happens here, whichever tests ran before
     hw = (7, 9)
     kernel = torch.randn(2, 2, 3, 3)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mondeq import MonDEQ, MonotoneLinear
-from mondeq.conv import MonotoneConv
+from mondeq.operators.conv import MonotoneConv
 from splitting import (SOLVERS, ConvergenceWarning, NonFiniteInputError, ReLU, SoftThreshold,
                        StepSizeWarning, max_stable_alpha, peaceman_rachford)
 from splitting.state import flatten
@@ -36,9 +36,9 @@ def conv_problem(scale):
 
 
 def multitier_problem(scale):
-    from mondeq.multitier import MonotoneMultiConv
+    from mondeq.operators.multitier import MonotoneMultiTier
 
-    linear = MonotoneMultiConv(1, (2, 2), 4, m=0.2, dtype=torch.float64)
+    linear = MonotoneMultiTier(1, (2, 2), 4, m=0.2, dtype=torch.float64)
     with torch.no_grad():
         for name, p in linear.named_parameters():
             if not name.startswith("U"):

@@ -18,10 +18,10 @@ import torch
 from torch.nn import functional as nnf
 
 from mondeq import fc_mondeq, pgd, single_conv_mondeq
-from mondeq.certification import certify
-from mondeq.conv import MonotoneConv
+from mondeq.robustness.certification import certify
+from mondeq.operators.conv import MonotoneConv
 from mondeq.data import batches, load_mnist, normalize
-from mondeq.dense import MonotoneLinear
+from mondeq.operators.dense import MonotoneLinear
 from splitting import SOLVERS, InvalidSettingError, ReLU, max_stable_alpha, peaceman_rachford
 
 _override = os.environ.get("MONDEQ_TEST_DEVICE")
@@ -33,11 +33,11 @@ needs_cuda = pytest.mark.skipif(DEVICE is None or DEVICE.type != "cuda",
                                 reason="counts CUDA host syncs")
 
 try:
-    from mondeq.multitier_model import multitier_conv_mondeq
+    from mondeq.models.zoo import multitier_mondeq
 except ImportError:  # the multi-tier model is optional here
-    multitier_conv_mondeq = None
+    multitier_mondeq = None
 
-MODELS = ["dense", "conv"] + (["multitier"] if multitier_conv_mondeq is not None else [])
+MODELS = ["dense", "conv"] + (["multitier"] if multitier_mondeq is not None else [])
 TOL, REF_TOL, MAX_ITER = 1e-6, 1e-11, 2000
 LR = 1e-3
 
@@ -61,7 +61,7 @@ def build(kind: str, solver: str, *, tol: float = TOL, alpha: float = 1.0):
         model = single_conv_mondeq(1, 6, 3, 4, kernel_size=3, padding=1, pool=2, **settings)
         x = torch.randn(4, 1, 6, 6)
     else:
-        model = multitier_conv_mondeq(1, 8, (2, 3), 4, **settings)
+        model = multitier_mondeq(1, 8, (2, 3), 4, **settings)
         x = torch.randn(3, 1, 8, 8)
     return model.double(), x.double(), torch.arange(len(x)) % 4
 

@@ -12,8 +12,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from mondeq import MonDEQ
-from mondeq.conv import MonotoneConv
-from mondeq.multitier import MonotoneMultiConv
+from mondeq.operators.conv import MonotoneConv
+from mondeq.operators.multitier import MonotoneMultiTier
 from tests.conftest import make_dense
 
 TIGHT = dict(solver="pr", alpha=0.5, tol=1e-12, max_iter=5_000)
@@ -26,7 +26,7 @@ def build(kind: str) -> tuple[MonDEQ, torch.Tensor]:
     if kind == "conv":
         linear = MonotoneConv(1, 3, 5, m=0.5, dtype=torch.float64)
         return MonDEQ(linear, **TIGHT), torch.randn(2, 1, 5, 5, dtype=torch.float64)
-    linear = MonotoneMultiConv(1, (2, 3), 4, m=0.5, dtype=torch.float64)
+    linear = MonotoneMultiTier(1, (2, 3), 4, m=0.5, dtype=torch.float64)
     return MonDEQ(linear, **TIGHT), torch.randn(2, 1, 4, 4, dtype=torch.float64)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from mondeq import MonDEQ, fc_mondeq, single_conv_mondeq
-from mondeq.conv import MonotoneConv
+from mondeq.operators.conv import MonotoneConv
 from splitting import ConvergenceWarning, SoftThreshold, UnsupportedDerivativeError
 from tests.conftest import make_dense
 

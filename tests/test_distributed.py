@@ -1,4 +1,4 @@
-"""Data-parallel training (mondeq.distributed): 2 CPU processes with gloo, compared with 1 process.
+"""Data-parallel training (mondeq.training.distributed): 2 CPU processes with gloo, compared with 1 process.
 
 One spawn of two ranks (module fixture ``two_ranks``) runs every distributed scenario and saves
 what each rank ends with; the tests compare those files with single-process runs in this process.
@@ -23,12 +23,13 @@ from torch import nn
 
 from splitting import ConvergenceWarning, StepSizeWarning
 
-from mondeq import fc_mondeq, multitier_conv_mondeq, single_conv_mondeq
-from mondeq.distributed import (DistInfo, all_reduce_sum, broadcast_object, epoch_order, rank_batches,
+from mondeq import fc_mondeq, multitier_mondeq, single_conv_mondeq
+from mondeq.training.data_order import epoch_order
+from mondeq.training.distributed import (DistInfo, all_reduce_sum, broadcast_object, rank_batches,
                                 setup, shard, teardown, unwrap, wrap_model)
-from mondeq.losses import LipschitzMarginLoss
+from mondeq.robustness.losses import LipschitzMarginLoss
 from mondeq.training import train_epoch
-from mondeq.tuning import AlphaTuner, tune_alpha
+from mondeq.training.step_size import AlphaTuner, tune_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -47,7 +48,7 @@ def _model(kind: str, solver: str) -> nn.Module:
     if kind == "fc":
         return fc_mondeq(6, 5, 3, **settings)
     if kind == "multitier":
-        return multitier_conv_mondeq(1, 8, (2, 3), 3, **settings)
+        return multitier_mondeq(1, 8, (2, 3), 3, **settings)
     return single_conv_mondeq(1, 8, 4, 3, pool=4, **settings)
 
 

@@ -154,7 +154,8 @@ def test_statistics_and_layer_print_compactly():
 
 
 def test_certificates_refuse_a_readout_not_known_to_be_affine():
-    from mondeq.models import MonDEQClassifier, NonAffineReadoutError
+    from mondeq.errors import NonAffineReadoutError
+    from mondeq.models import MonDEQClassifier
 
     class SquaredReadout(torch.nn.Module):
         def forward(self, z):
@@ -170,7 +171,7 @@ def test_certificates_refuse_a_readout_not_known_to_be_affine():
 
 
 def test_certify_is_importable_as_a_function():
-    import mondeq.certification  # noqa: F401  (importing the module must not shadow the function)
+    import mondeq.robustness.certification  # noqa: F401  (importing the module must not shadow the function)
     from mondeq import certify
 
     model = fc_mondeq(6, 5, 3, tol=1e-8, max_iter=500).double()
@@ -180,7 +181,8 @@ def test_certify_is_importable_as_a_function():
 
 def test_lipschitz_margin_loss_refuses_a_non_affine_readout():
     from mondeq import LipschitzMarginLoss
-    from mondeq.models import MonDEQClassifier, NonAffineReadoutError
+    from mondeq.errors import NonAffineReadoutError
+    from mondeq.models import MonDEQClassifier
 
     class SquaredReadout(torch.nn.Module):
         def forward(self, z):

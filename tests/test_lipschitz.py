@@ -74,13 +74,13 @@ def test_cached_norms_follow_parameter_updates():
 def test_float32_bounds_are_not_below_the_exact_norms():
     """A float32 SVD can land ~1e-7 below the norm; the bounds are computed in float64 (whose own
     rounding, ~1e-16, is what the 1e-12 allows)."""
-    from mondeq import multitier_conv_mondeq, single_conv_mondeq
+    from mondeq import multitier_mondeq, single_conv_mondeq
 
     torch.set_default_dtype(torch.float32)
     for seed in range(8):
         torch.manual_seed(seed)
         for model in (fc_mondeq(30, 40, 3), single_conv_mondeq(1, 6, 3, 3, pool=2),
-                      multitier_conv_mondeq(1, 8, (2, 2), 3, pool_size=2)):
+                      multitier_mondeq(1, 8, (2, 2), 3, pool_size=2)):
             linear = model.layer.linear
             exact_u = float(copy_double(linear).input_norm())
             assert lipschitz_bound(model) * linear.m >= exact_u * (1 - 1e-12)

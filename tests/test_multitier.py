@@ -6,12 +6,12 @@ import functools
 import pytest
 import torch
 
-from mondeq import MonDEQ, MonotoneMultiConv, MultiConvOperator, multitier_conv_mondeq
-from mondeq.attacks import pgd
-from mondeq.certification import certify
-from mondeq.fft import rfft2_blocks
-from mondeq.multitier_norm import block_norm_bound
-from mondeq.tier_coupling import AliasMap
+from mondeq import MonDEQ, MonotoneMultiTier, MultiTierOperator, multitier_mondeq
+from mondeq.robustness.attacks import pgd
+from mondeq.robustness.certification import certify
+from mondeq.operators.fft import rfft2_blocks
+from mondeq.operators.multitier.norm import block_norm_bound
+from mondeq.operators.multitier.aliasing import AliasMap
 from splitting import (InvalidSettingError, ReLU, equilibrium, forward_backward, max_stable_alpha,
                        peaceman_rachford)
 from splitting.state import flatten, unflatten
@@ -38,7 +38,7 @@ def random_operator(channels, size, *, m=M, scale=0.8, k=3):
     a = [scale * torch.randn(c, c, k, k) for c in channels]
     g = [scale * torch.randn(c, c, k, k) for c in channels]
     s = [scale * torch.randn(c1, c0, k, k) for c0, c1 in zip(channels[:-1], channels[1:])]
-    return MultiConvOperator(a, g, s, m, sizes)
+    return MultiTierOperator(a, g, s, m, sizes)
 
 
 def rolled_conv_matrix(kernel, size):
@@ -106,7 +106,7 @@ def test_mv_derivatives_in_every_autograd_mode():
               torch.randn(3, 2, 3, 3, requires_grad=True))
 
     def fn(z0, z1, a0, a1, g0, g1, s0):
-        op = MultiConvOperator([a0, a1], [g0, g1], [s0], M, sizes)
+        op = MultiTierOperator([a0, a1], [g0, g1], [s0], M, sizes)
         return op.mv((z0, z1)) + op.rmv((z0, z1))
 
     assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True, fast_mode=True)
@@ -124,7 +124,7 @@ def test_kernel_gradients_of_w_at_a_fixed_state(transpose):
                torch.randn(3, 2, 3, 3, requires_grad=True))
 
     def fn(a0, a1, g0, g1, s0):
-        op = MultiConvOperator([a0, a1], [g0, g1], [s0], M, sizes)
+        op = MultiTierOperator([a0, a1], [g0, g1], [s0], M, sizes)
         with torch.no_grad():
             op.rmv(z) if transpose else op.mv(z)  # what the solver's residual does first
         return op.rmv(z) if transpose else op.mv(z)
@@ -189,8 +189,8 @@ def test_lipschitz_of_float32_kernels_is_not_below_the_norm():
     for _ in range(6):
         op = random_operator((4, 6, 8), (16, 16), scale=0.4)
         kernels = [[k.float() for k in ks] for ks in (op.a_kernels, op.g_kernels, op.s_kernels)]
-        op32 = MultiConvOperator(*kernels, M, op.sizes)
-        op64 = MultiConvOperator(*[[k.double() for k in ks] for ks in kernels], M, op.sizes)  # the same W
+        op32 = MultiTierOperator(*kernels, M, op.sizes)
+        op64 = MultiTierOperator(*[[k.double() for k in ks] for ks in kernels], M, op.sizes)  # the same W
         assert op64.lipschitz() / (1 + 1e-9) <= op32.lipschitz()
         assert block_norm_bound(op64) / (1 + 1e-9) <= block_norm_bound(op32)
 
@@ -203,8 +203,8 @@ def test_lipschitz_is_exact_for_one_tier():
 
 @pytest.mark.parametrize("padding", [0, 1])
 def test_input_norm_is_the_norm_of_u(padding):
-    linear = MonotoneMultiConv(2, (3, 2), (6, 6), padding=padding, m=M) if padding == 0 else \
-        MonotoneMultiConv(2, (3, 2), (4, 4), padding=1, m=M)
+    linear = MonotoneMultiTier(2, (3, 2), (6, 6), padding=padding, m=M) if padding == 0 else \
+        MonotoneMultiTier(2, (3, 2), (4, 4), padding=1, m=M)
     n = 2 * 36 if padding == 0 else 2 * 16
     basis = torch.eye(n).reshape(n, *linear.input_shape)
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_input_norm_is_the_norm_of_u(padding):
 
 
 def test_monotone_after_large_optimizer_steps():
-    linear = MonotoneMultiConv(1, (2, 3, 2), (8, 8), m=M)
+    linear = MonotoneMultiTier(1, (2, 3, 2), (8, 8), m=M)
     opt = torch.optim.Adam(linear.parameters(), lr=0.5)
     z = tuple(torch.randn(2, *s) for s in linear.operator().state_shape)
     for _ in range(5):
@@ -235,7 +235,7 @@ def test_monotone_after_large_optimizer_steps():
 
 def test_odd_grid_before_a_stride_two_map_is_refused():
     with pytest.raises(InvalidSettingError, match="divisible"):
-        MonotoneMultiConv(1, (2, 2, 2), (30, 30))
+        MonotoneMultiTier(1, (2, 2, 2), (30, 30))
     with pytest.raises(InvalidSettingError, match="even grid"):
         random_operator((2, 2), (5, 6))
 
@@ -243,7 +243,7 @@ def test_odd_grid_before_a_stride_two_map_is_refused():
 @pytest.mark.parametrize("kernel_size", [0, 2, 1.5])
 def test_even_or_non_integer_kernel_size_is_refused(kernel_size):
     with pytest.raises(InvalidSettingError, match="kernel_size must be a positive odd integer"):
-        MonotoneMultiConv(1, (2, 2), 8, kernel_size=kernel_size)
+        MonotoneMultiTier(1, (2, 2), 8, kernel_size=kernel_size)
 
 
 # ----------------------------------------------------------------------------- implicit gradients
@@ -252,7 +252,7 @@ def multitier_fn(solver, alpha, size, m):
     sizes = [size, (size[0] // 2, size[1] // 2)]
 
     def fn(x, u, a0, a1, g0, g1, s0, b1):
-        op = MultiConvOperator([a0, a1], [g0, g1], [s0], m, sizes)
+        op = MultiTierOperator([a0, a1], [g0, g1], [s0], m, sizes)
         bias = (torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), u),
                 b1.view(1, -1, 1, 1).expand(x.shape[0], -1, *sizes[1]))
         z, _ = equilibrium(op, ReLU(), bias, solver=solver, alpha=alpha, tol=1e-13, max_iter=5000,
@@ -278,7 +278,7 @@ def test_gradcheck_multitier_layer(solver_name):
     if solver_name == "pr":
         solver, alpha = peaceman_rachford, 0.8
     else:
-        op = MultiConvOperator([params[2].detach(), params[3].detach()],
+        op = MultiTierOperator([params[2].detach(), params[3].detach()],
                                [params[4].detach(), params[5].detach()], [params[6].detach()], m,
                                [size, (2, 3)])
         solver = functools.partial(forward_backward, check_step="raise")
@@ -288,7 +288,7 @@ def test_gradcheck_multitier_layer(solver_name):
 
 
 def test_module_gradients_reach_all_parameters():
-    linear = MonotoneMultiConv(1, (2, 3, 2), (8, 8), m=0.5)
+    linear = MonotoneMultiTier(1, (2, 3, 2), (8, 8), m=0.5)
     layer = MonDEQ(linear, solver="pr", alpha=1.0, tol=1e-10, max_iter=500)
     z = layer(torch.randn(3, 1, 8, 8))
     sum(t.sin().sum() for t in z).backward()
@@ -301,7 +301,7 @@ def test_module_gradients_reach_all_parameters():
 @pytest.mark.parametrize("in_channels,image_size,pool_all", [(1, 28, False), (3, 32, True)])
 def test_builder_serves_mnist_and_cifar_shapes(in_channels, image_size, pool_all):
     torch.set_default_dtype(torch.float32)
-    model = multitier_conv_mondeq(in_channels, image_size, (4, 8, 8), num_classes=10,
+    model = multitier_mondeq(in_channels, image_size, (4, 8, 8), num_classes=10,
                                   pool_all_tiers=pool_all, pool_size=1, tol=1e-3)
     linear = model.layer.linear
     assert linear.sizes == [(image_size, image_size), (image_size // 2,) * 2, (image_size // 4,) * 2]
@@ -313,14 +313,14 @@ def test_builder_serves_mnist_and_cifar_shapes(in_channels, image_size, pool_all
 
 
 def test_default_readout_pools_the_last_tier_to_four_by_four():
-    model = multitier_conv_mondeq(1, 28)
+    model = multitier_mondeq(1, 28)
     assert model.head.in_features == 32 * 16
     assert sum(p.numel() for p in model.parameters()) == 16 * 9 + 16 + 9 * (2 * (16 * 16 + 2 * 32 * 32)
                                                                              + 16 * 32 + 32 * 32) + 64 + 5130
 
 
 def test_readout_is_a_parameter_free_linear_map():
-    model = multitier_conv_mondeq(1, 8, (2, 3), num_classes=4, pool_all_tiers=True, pool_size=2)
+    model = multitier_mondeq(1, 8, (2, 3), num_classes=4, pool_all_tiers=True, pool_size=2)
     assert model.readout.affine is True and not list(model.readout.parameters())
     z = tuple(torch.randn(2, *s) for s in model.layer.linear.operator().state_shape)
     w = tuple(torch.randn_like(t) for t in z)
@@ -330,7 +330,7 @@ def test_readout_is_a_parameter_free_linear_map():
 
 def test_certified_radii_hold_against_pgd():
     torch.manual_seed(3)
-    model = multitier_conv_mondeq(1, 8, (2, 3), num_classes=3, m=1.0, tol=1e-10, max_iter=500)
+    model = multitier_mondeq(1, 8, (2, 3), num_classes=3, m=1.0, tol=1e-10, max_iter=500)
     x = torch.rand(6, 1, 8, 8)
     cert = certify(model, x, tol=1e-10)
     assert bool((cert.radius > 0).any())
@@ -339,7 +339,7 @@ def test_certified_radii_hold_against_pgd():
         logits = model(x)
         x2 = x + 0.3 * torch.randn_like(x)
         logits2 = model(x2)
-    from mondeq.lipschitz import lipschitz_bound, margin_lipschitz
+    from mondeq.robustness.lipschitz import lipschitz_bound, margin_lipschitz
     lip = margin_lipschitz(model.head_matrix(), lipschitz_bound(model.layer))
     dist = (x2 - x).flatten(1).norm(dim=1)
     for i in range(3):
@@ -356,7 +356,7 @@ def test_certified_radii_hold_against_pgd():
 @cuda_only
 def test_cuda_matches_cpu():
     op = random_operator((2, 3, 2), (8, 8))
-    cuda = MultiConvOperator([k.cuda() for k in op.a_kernels], [k.cuda() for k in op.g_kernels],
+    cuda = MultiTierOperator([k.cuda() for k in op.a_kernels], [k.cuda() for k in op.g_kernels],
                              [k.cuda() for k in op.s_kernels], op.m, op.sizes)
     z = tuple(torch.randn(3, *s) for s in op.state_shape)
     for got, want in ((cuda.mv(tuple(t.cuda() for t in z)), op.mv(z)),

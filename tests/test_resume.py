@@ -15,7 +15,7 @@ import torch
 
 from mondeq import fc_mondeq
 from mondeq.training import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from mondeq.tuning import AlphaTuner
+from mondeq.training.step_size import AlphaTuner
 from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,11 +205,11 @@ def test_checkpoint_every_n_steps_resumes_inside_the_epoch(tmp_path, monkeypatch
     assert state["epoch"] == 1 and (state["extra"]["partial"]["epoch"], state["extra"]["partial"]["step"]) == (2, 3)
 
 
-def test_replay_order_is_the_epoch_th_permutation_of_one_generator():
-    from mondeq.training.resume import replay_order
+def test_epoch_order_is_the_epoch_th_permutation_of_one_generator():
+    from mondeq.training.data_order import epoch_order
     generator = torch.Generator().manual_seed(7)
-    for epoch in range(1, 5):
-        assert torch.equal(replay_order(100, seed=7, epoch=epoch), torch.randperm(100, generator=generator))
+    for epoch in range(0, 4):
+        assert torch.equal(epoch_order(100, seed=7, epoch=epoch), torch.randperm(100, generator=generator))
 
 
 def test_multitier_run_resumed_inside_an_epoch_ends_with_the_same_weights(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mondeq.schedules import SCHEDULES, make_schedule, one_cycle, step_decay
+from mondeq.training.schedules import SCHEDULES, make_schedule, one_cycle, step_decay
 
 
 def _adam(lr: float = 0.5) -> torch.optim.Adam:

@@ -7,7 +7,7 @@ import torch
 from mondeq.layer import MonDEQ
 from mondeq.models import MonDEQClassifier
 from mondeq.training import train_epoch
-from mondeq.tuning import HALVINGS, AlphaTuner, tune_alpha
+from mondeq.training.step_size import HALVINGS, AlphaTuner, tune_alpha
 from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
                        anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
                        peaceman_rachford)

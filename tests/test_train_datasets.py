@@ -66,7 +66,7 @@ def test_augmentation_changes_training_and_is_reproducible_from_the_seed(train, 
 def test_conv_and_multitier_run_on_three_channel_images(train, data_root, tmp_path):
     for model, channels in [("conv", ["4"]), ("multitier", ["2", "4", "4"])]:
         if model not in train.MODELS:
-            pytest.skip("mondeq.multitier_model is not available")
+            pytest.skip("mondeq.models.zoo is not available")
         report = train.main(["--dataset", "svhn", "--data-root", str(data_root), "--model", model,
                              "--channels", *channels, "--epochs", "1", "--train-limit", "64",
                              "--test-limit", "16", "--batch-size", "32", "--epsilons", "0.1",

@@ -15,7 +15,7 @@ from .batching import batches, num_batches
 from .cifar10 import (CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, download_cifar10,
                       load_cifar10, read_cifar10_batch)
 from .download import download_file, file_md5, raw_md5
-from .errors import ChecksumError, DatasetFileError, DownloadError, MissingDatasetError
+from ..errors import ChecksumError, DatasetFileError, DownloadError, MissingDatasetError
 from .load import load_dataset
 from .mnist import (DEFAULT_ROOT, MNIST_FILES, MNIST_MD5, MNIST_MEAN, MNIST_MIRRORS, MNIST_STD,
                     download_mnist, load_mnist, mnist_root, read_idx)

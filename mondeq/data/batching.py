@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ..errors import InvalidSettingError
+
 __all__ = ["batches", "num_batches"]
 
 
@@ -22,9 +24,9 @@ def num_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
         ValueError: If ``n`` is negative or ``batch_size`` is not positive.
     """
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+        raise InvalidSettingError(f"n must be non-negative, got {n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InvalidSettingError(f"batch_size must be positive, got {batch_size}")
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -60,7 +62,7 @@ def batches(
     """
     n = images.shape[0]
     if labels.shape[0] != n:
-        raise ValueError(
+        raise InvalidSettingError(
             f"images and labels differ in length: {n} vs {labels.shape[0]}"
         )
     count = num_batches(n, batch_size, drop_last=drop_last)

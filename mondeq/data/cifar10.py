@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .download import download_file
-from .errors import DatasetFileError, MissingDatasetError, corrupt
+from ..errors import DatasetFileError, MissingDatasetError
 from .root import resolve_data_root
 
 __all__ = [
@@ -95,23 +95,23 @@ def read_cifar10_batch(blob: bytes, *, source: Path) -> tuple[np.ndarray, np.nda
         batch = _ArrayUnpickler(io.BytesIO(blob), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError) as exc:
-        raise corrupt(source, f"not a readable CIFAR-10 pickle batch ({type(exc).__name__}: "
+        raise DatasetFileError.corrupt(source, f"not a readable CIFAR-10 pickle batch ({type(exc).__name__}: "
                               f"{exc})") from exc
     if not isinstance(batch, dict):
-        raise corrupt(source, f"expected a pickled dict, got {type(batch).__name__}")
+        raise DatasetFileError.corrupt(source, f"expected a pickled dict, got {type(batch).__name__}")
     try:
         data, labels = _entry(batch, "data"), _entry(batch, "labels")
     except KeyError as exc:
-        raise corrupt(source, f"the batch has no {exc} entry (keys: {sorted(map(str, batch))})")
+        raise DatasetFileError.corrupt(source, f"the batch has no {exc} entry (keys: {sorted(map(str, batch))})")
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
-        raise corrupt(source, f"expected data of shape (N, {_PIXELS}) uint8, got "
+        raise DatasetFileError.corrupt(source, f"expected data of shape (N, {_PIXELS}) uint8, got "
                               f"{data.shape} {data.dtype}")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if labels.shape[0] != data.shape[0]:
-        raise corrupt(source, f"{data.shape[0]} images but {labels.shape[0]} labels")
+        raise DatasetFileError.corrupt(source, f"{data.shape[0]} images but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise corrupt(source, f"labels outside 0..9 (min {labels.min()}, max {labels.max()})")
+        raise DatasetFileError.corrupt(source, f"labels outside 0..9 (min {labels.min()}, max {labels.max()})")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -152,10 +152,10 @@ def _read_from_archive(archive: Path, names: tuple[str, ...]) -> list[tuple[np.n
                 if len(found) == len(names):
                     break
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise corrupt(archive, f"invalid or truncated tar.gz archive ({exc})") from exc
+        raise DatasetFileError.corrupt(archive, f"invalid or truncated tar.gz archive ({exc})") from exc
     missing = [f"{CIFAR10_FOLDER}/{n}" for n in names if n not in found]
     if missing:
-        raise corrupt(archive, f"the archive has no file {', '.join(missing)}")
+        raise DatasetFileError.corrupt(archive, f"the archive has no file {', '.join(missing)}")
     return [found[name] for name in names]
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ChecksumError, DatasetFileError, DownloadError, corrupt
+from ..errors import ChecksumError, DatasetFileError, DownloadError
 
 __all__ = ["download_file", "file_md5", "raw_md5"]
 
@@ -61,7 +61,7 @@ def file_md5(path: str | os.PathLike[str]) -> str:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise corrupt(path, f"invalid or truncated gzip data ({exc})") from exc
+        raise DatasetFileError.corrupt(path, f"invalid or truncated gzip data ({exc})") from exc
     return digest.hexdigest()
 
 

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from .download import download_file, file_md5
-from .errors import MissingDatasetError
-from .errors import corrupt as _corrupt
+from ..errors import DatasetFileError, MissingDatasetError
 from .root import _SOURCE_TREE, resolve_data_root
 
 __all__ = [
@@ -85,7 +84,7 @@ def _read_payload(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise _corrupt(path, f"invalid or truncated gzip data ({exc})") from exc
+        raise DatasetFileError.corrupt(path, f"invalid or truncated gzip data ({exc})") from exc
 
 
 def read_idx(path: str | os.PathLike[str]) -> Tensor:
@@ -109,25 +108,25 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     path = Path(path)
     data = _read_payload(path)
     if len(data) < 4:
-        raise _corrupt(path, f"only {len(data)} bytes, too short for an IDX header")
+        raise DatasetFileError.corrupt(path, f"only {len(data)} bytes, too short for an IDX header")
     zero0, zero1, dtype_code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             path,
             f"wrong magic number 0x{int.from_bytes(data[:4], 'big'):08x} "
             "(an IDX file starts with two zero bytes)",
         )
     if dtype_code != _IDX_UINT8:
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             path,
             f"unsupported IDX element type 0x{dtype_code:02x} "
             f"(only 0x{_IDX_UINT8:02x}, unsigned byte, is supported)",
         )
     if ndim == 0:
-        raise _corrupt(path, "IDX header declares zero dimensions")
+        raise DatasetFileError.corrupt(path, "IDX header declares zero dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             path, f"truncated header: {len(data)} bytes, need {header} for {ndim} dims"
         )
     shape = tuple(
@@ -137,7 +136,7 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     for dim in shape:
         count *= dim
     if len(data) != header + count:
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             path,
             f"size mismatch: header declares shape {shape} ({count} bytes of data) "
             f"but the file holds {len(data) - header} bytes of data",
@@ -243,18 +242,18 @@ def load_mnist(
     raw_images = read_idx(image_path)
     raw_labels = read_idx(label_path)
     if raw_images.dim() != 3 or tuple(raw_images.shape[1:]) != (28, 28):
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             image_path,
             f"expected images of shape (N, 28, 28), got {tuple(raw_images.shape)}",
         )
     if raw_labels.dim() != 1 or raw_labels.shape[0] != raw_images.shape[0]:
-        raise _corrupt(
+        raise DatasetFileError.corrupt(
             label_path,
             f"expected {raw_images.shape[0]} labels to match {image_path.name}, "
             f"got shape {tuple(raw_labels.shape)}",
         )
     if raw_labels.numel() and int(raw_labels.max()) > 9:
-        raise _corrupt(label_path, f"label {int(raw_labels.max())} is outside 0..9")
+        raise DatasetFileError.corrupt(label_path, f"label {int(raw_labels.max())} is outside 0..9")
 
     images = raw_images.unsqueeze(1).to(torch.float32).div_(255.0)
     labels = raw_labels.to(torch.int64)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .download import download_file
-from .errors import MissingDatasetError, corrupt
+from ..errors import MissingDatasetError
 from .root import resolve_data_root
 
 __all__ = ["SVHN_FILES", "SVHN_MD5", "SVHN_URL", "download_svhn", "load_svhn"]
@@ -100,18 +100,18 @@ def load_svhn(
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except (ValueError, TypeError, OSError, EOFError, KeyError, IndexError, zlib.error,
             NotImplementedError) as exc:  # scipy's MatReadError is a ValueError
-        raise corrupt(path, f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
+        raise DatasetFileError.corrupt(path, f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
     if "X" not in mat or "y" not in mat:
-        raise corrupt(path, f"expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DatasetFileError.corrupt(path, f"expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise corrupt(path, f"expected X of shape (32, 32, 3, N) uint8, got {x.shape} {x.dtype}")
+        raise DatasetFileError.corrupt(path, f"expected X of shape (32, 32, 3, N) uint8, got {x.shape} {x.dtype}")
     n = x.shape[3]
     if y.size != n:
-        raise corrupt(path, f"{n} images but {y.size} labels in y")
+        raise DatasetFileError.corrupt(path, f"{n} images but {y.size} labels in y")
     labels = y.reshape(-1)
     if n and (not np.all(labels == np.round(labels)) or labels.min() < 1 or labels.max() > 10):
-        raise corrupt(path, f"labels must be integers 1..10, got min {labels.min()}, "
+        raise DatasetFileError.corrupt(path, f"labels must be integers 1..10, got min {labels.min()}, "
                             f"max {labels.max()}")
     labels = labels.astype(np.int64) % 10
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)))

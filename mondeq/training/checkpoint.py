@@ -4,7 +4,7 @@ A run resumed from :func:`save_checkpoint`'s file continues exactly where the sa
 with the same weights, Adam moments, learning-rate schedule position, splitting step α, α-tuner
 state, random-number generators (torch CPU and, when present, every CUDA device's) and any extra
 state the caller adds (augmentation generators, a loss's step counter). Together with a data
-order that is a pure function of ``(seed, epoch)`` (:func:`mondeq.distributed.epoch_order`), a
+order that is a pure function of ``(seed, epoch)`` (:func:`mondeq.training.data_order.epoch_order`), a
 run killed at any moment and resumed from its last checkpoint ends with weights bit-identical to
 the uninterrupted run (same device, same thread count).
 
@@ -24,12 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
+
 __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "read_checkpoint", "restore_rng",
            "save_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that does not fit the model it is loaded into."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -69,7 +67,7 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
         config: the run's settings (plain values), checked on resume by the program.
         scheduler: the learning-rate scheduler, if any.
         extra: further state to restore (plain values and tensors only), e.g. an
-            :class:`~mondeq.tuning.AlphaTuner`'s ``state_dict()`` or an augmentation generator.
+            :class:`~mondeq.training.step_size.AlphaTuner`'s ``state_dict()`` or an augmentation generator.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Both loops move each batch to the model's device (a no-op when the data already 
 keep their running sums on that device, so a CUDA step makes no host synchronisation of its own:
 the sums are read once per epoch, and the progress bar reads them only every ``refresh`` steps.
 Under torch.distributed the per-epoch figures are summed over ranks
-(:func:`mondeq.distributed.all_reduce_sum`), so every rank returns the global figures; every
+(:func:`mondeq.training.distributed.all_reduce_sum`), so every rank returns the global figures; every
 rank must therefore call these functions (they are collectives there).
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..certification import certify
-from ..distributed import all_reduce_sum, unwrap
-from ..lipschitz import lipschitz_bound
-from ..progress import ProgressBar
+from ..robustness.certification import certify
+from .distributed import all_reduce_sum, unwrap
+from ..robustness.lipschitz import lipschitz_bound
+from .progress import ProgressBar
 
 __all__ = ["EpochSums", "EpochStats", "Evaluation", "evaluate", "train_epoch"]
 
@@ -133,16 +133,16 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     """One pass of training (cross entropy by default), with a progress bar.
 
     Args:
-        model: the classifier, or its :func:`mondeq.distributed.wrap_model` wrapper.
+        model: the classifier, or its :func:`mondeq.training.distributed.wrap_model` wrapper.
         optimizer: its optimizer.
         data: (x, y) minibatches, on any device (moved to the model's).
         steps: number of minibatches (for the progress bar).
         scheduler: stepped once per minibatch when given.
         desc: progress-bar label.
         loss_fn: ``loss_fn(logits, y) -> scalar`` replacing cross entropy, e.g.
-            :class:`mondeq.losses.LipschitzMarginLoss` for certified training.
+            :class:`mondeq.robustness.losses.LipschitzMarginLoss` for certified training.
         on_batch: ``on_batch(model, x, y)`` called before each step, outside the step timing,
-            e.g. :class:`mondeq.tuning.AlphaTuner` to re-tune α every N steps.
+            e.g. :class:`mondeq.training.step_size.AlphaTuner` to re-tune α every N steps.
         amp: run forward and loss under ``torch.autocast(device, dtype=torch.bfloat16)``.
         progress: draw the progress bar (pass ``False`` on every rank but the first).
         refresh: read the running loss for the bar every ``refresh`` steps (each read is a host
@@ -222,7 +222,7 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
 
     Radii come from :func:`mondeq.certify`: they account for the solver's error, so they
     hold for the exact network at any tolerance. Under torch.distributed pass each rank its own
-    shard of the test set (:func:`mondeq.distributed.shard`); counts are summed over ranks, so
+    shard of the test set (:func:`mondeq.training.distributed.shard`); counts are summed over ranks, so
     accuracy and certified accuracy equal those of one process on the whole set.
 
     Args:

@@ -7,7 +7,6 @@ copy overlaps the previous step's work. On CPU the tensors are used as they are.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Iterator, Sequence
 
 import torch
@@ -73,14 +72,3 @@ def _free_bytes(device: torch.device) -> float:
         free, _ = torch.cuda.mem_get_info(device)
         return float(free)
     return float("inf")  # other accelerators: assume it fits (they share host memory or say so)
-
-
-def device_arg(text: str) -> torch.device:
-    """``--device`` for argparse (``type=device_arg``): a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    return device

@@ -4,7 +4,7 @@
   user typed again are accepted when they agree with it, refused by name when they do not
   (:func:`merge_saved_config`), and :func:`explicit_options` tells typed options from defaults.
 * The data order needs no saved state when it is a pure function of (seed, epoch)
-  (:func:`replay_order`; :func:`mondeq.distributed.epoch_order` is another such function).
+  (:func:`mondeq.training.data_order.epoch_order`).
 * State that differs between processes (running sums, augmentation generators) is gathered from
   every rank before rank 0 writes it (:func:`gather_objects`).
 """
@@ -20,14 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..distributed import is_distributed
+from ..errors import ResumeConfigError
+from .distributed import is_distributed
 
-__all__ = ["ResumeConfigError", "explicit_options", "gather_objects", "merge_saved_config", "plain",
-           "replay_order"]
-
-
-class ResumeConfigError(ValueError):
-    """Options given for a resumed run contradict the configuration saved with it."""
+__all__ = ["ResumeConfigError", "explicit_options", "gather_objects", "merge_saved_config", "plain"]
 
 
 def plain(value: Any) -> Any:
@@ -79,21 +75,6 @@ def merge_saved_config(saved: dict, given: dict, explicit: Iterable[str], *,
         if key in given and not (key in may_change and key in explicit):
             merged[key] = value
     return merged
-
-
-def replay_order(n: int, *, seed: int, epoch: int) -> Tensor:
-    """The ``epoch``-th (1-based) permutation of ``range(n)`` drawn from a CPU generator seeded
-    with ``seed``: the order of a loop that draws one permutation per epoch from one generator,
-    recomputed from (seed, epoch) alone, so resuming needs no generator state.
-
-    Costs ``epoch`` calls of ``randperm`` (about a millisecond each for 60 000 samples).
-    """
-    if epoch < 1:
-        raise ValueError(f"epoch counts from 1, got {epoch}")
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    for _ in range(epoch - 1):
-        torch.randperm(n, generator=generator)
-    return torch.randperm(n, generator=generator)
 
 
 def gather_objects(obj: Any) -> list:

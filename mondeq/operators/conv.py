@@ -12,7 +12,7 @@ spectrum in one batched call and applies them with one batched matmul between an
 irfft2 (Winston & Kolter, "Monotone operator equilibrium networks", NeurIPS 2020, §5). ``mv`` and
 ``rmv`` apply W the same way, differentiably in the kernels: about 12× fewer multiply-adds (plus
 two FFTs) than W's three direct 3 × 3 convolutions (:func:`weight_kernel` and
-:func:`~mondeq.fft.circular_conv2d` give the direct form; the tests check both agree).
+:func:`~mondeq.operators.fft.circular_conv2d` give the direct form; the tests check both agree).
 """
 from __future__ import annotations
 
@@ -23,15 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from splitting import LinearOperator, Resolvent, State
-from splitting.errors import InvalidSettingError
-from splitting.operator import check_alpha
+from ..errors import InvalidSettingError
+from splitting.operator import check_alpha, check_margin
 
 from .autodiff import any_transformed
 from .last_application import LastApplication
-from .base import MonotoneParametrisation
-from .fft import (BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size,
-                  compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel,
-                  rfft2_blocks, spectral_norm)
+from ..parametrisation import MonotoneParametrisation
+from .fft import BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size, compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel, rfft2_blocks, spectral_norm
 
 
 class ConvResolvent(Resolvent):
@@ -74,7 +72,7 @@ class ConvOperator(LinearOperator):
     r"""W = (1 − m)I − FᵀF + Gᵀ − G for circular convolutions F, G on ``(C, H, W)`` states.
 
     Args:
-        f_kernel, g_kernel: ``(C, C, k, k)`` kernels (k odd) of :func:`~mondeq.fft.circular_conv2d`.
+        f_kernel, g_kernel: ``(C, C, k, k)`` kernels (k odd) of :func:`~mondeq.operators.fft.circular_conv2d`.
         m: monotonicity margin, > 0.
         size: the state's spatial size ``(H, W)``.
 
@@ -88,8 +86,7 @@ class ConvOperator(LinearOperator):
     """
 
     def __init__(self, f_kernel: Tensor, g_kernel: Tensor, m: float, size: tuple[int, int]) -> None:
-        if not m > 0:
-            raise InvalidSettingError(f"monotonicity margin m must be > 0, got {m}")
+        m = check_margin(m)
         for name, kernel in (("f_kernel", f_kernel), ("g_kernel", g_kernel)):
             if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != kernel.shape[3]:
                 raise InvalidSettingError(f"{name} must have shape (C, C, k, k), got {tuple(kernel.shape)}")
@@ -147,7 +144,7 @@ class ConvOperator(LinearOperator):
     def _apply_plain(self, which: str, x: Tensor) -> Tensor:
         """W x (or Wᵀ x) from plain operations on freshly built blocks: for forward-mode tangents
         and ``torch.func`` transforms, which the cache, the memo and :class:`BlockApply` do not
-        carry (:mod:`mondeq.autodiff`)."""
+        carry (:mod:`mondeq.operators.autodiff`)."""
         w = self._build_w_blocks()
         blocks = w.mT if which == "mv" else w.conj()
         return irfft2_blocks(torch.matmul(rfft2_blocks(x), blocks), self.size)

@@ -30,9 +30,9 @@ from torch import Tensor
 
 from splitting import State
 
-from .autodiff import is_transformed
-from .fft import half_spectrum_weights, irfft2_blocks, kernel_blocks, rfft2_blocks
-from .tier_coupling import AliasMap
+from ..autodiff import is_transformed
+from ..fft import half_spectrum_weights, irfft2_blocks, kernel_blocks, rfft2_blocks
+from .aliasing import AliasMap
 
 
 class _RowMatmul(torch.autograd.Function):

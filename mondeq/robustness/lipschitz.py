@@ -12,8 +12,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .base import MonotoneParametrisation
-from .layer import MonDEQ
+from ..parametrisation import MonotoneParametrisation
+from ..layer import MonDEQ
 
 
 def lipschitz_bound(model: nn.Module) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fft import kernel_blocks
+from ..fft import kernel_blocks
 
 #: Largest alias-group size :math:`\sum_i c_i 4^{T-1-i}` for which ``lipschitz()`` is exact.
 EXACT_GROUP_LIMIT = 512

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as nnf
 
-from splitting.errors import InvalidSettingError
+from ..errors import InvalidSettingError
 
 from .autodiff import is_transformed
 
@@ -241,7 +241,7 @@ class BlockApply(torch.autograd.Function):
     One batched matmul per gradient without conjugated views (autograd's generic complex matmul
     backward multiplies conjugated views, which are copied or split into one small matmul per
     frequency). The forward may be handed the spectrum and result of an identical earlier
-    application (see :class:`~mondeq.conv.ConvOperator`).
+    application (see :class:`~mondeq.operators.conv.ConvOperator`).
     """
 
     @staticmethod

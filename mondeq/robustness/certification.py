@@ -15,9 +15,8 @@ are sound for the exact network whatever the solver tolerance. Tighter solves sh
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -25,7 +24,7 @@ from torch import Tensor
 from splitting import LinearOperator
 from splitting.state import batch_norm
 
-from .layer import MonDEQ
+from ..layer import MonDEQ, solver_settings
 from .lipschitz import lipschitz_bound, margin_lipschitz
 
 #: Iteration cap used when :func:`certify` re-solves at a tighter tolerance and none is given.
@@ -49,7 +48,7 @@ def certified_radius(logits: Tensor, labels: Tensor, margin_lip: Tensor, *,
         logits: shape (batch, K).
         labels: true classes, shape (batch,).
         margin_lip: (K, K) Lipschitz constants of the margins h_i − h_j with respect to the
-            model's input, e.g. :func:`mondeq.lipschitz.margin_lipschitz`.
+            model's input, e.g. :func:`mondeq.robustness.lipschitz.margin_lipschitz`.
         input_scale: multiply radii by this to express them in another input scale. For a model
             fed ``(x − mean)/std``, pass ``std`` to get radii in the raw (pixel) scale.
         state_error: optional per-example bound δ on ‖ẑ − z*‖, shape (batch,)
@@ -117,21 +116,6 @@ def state_residual(layer: MonDEQ, x: Tensor, z: tuple[Tensor, ...], *,
     op = linear.operator() if op is None else op
     v = tuple(a + b for a, b in zip(op.mv(z), linear.bias(x)))
     return batch_norm(tuple(t - s for t, s in zip(z, layer.nonlinearity.apply(v))))
-
-
-@contextmanager
-def solver_settings(layer: MonDEQ, *, tol: float | None = None,
-                    max_iter: int | None = None) -> Iterator[MonDEQ]:
-    """Temporarily change a layer's forward tolerance and iteration cap (``None`` keeps it)."""
-    saved = (layer.tol, layer.max_iter)
-    try:
-        if tol is not None:
-            layer.tol = float(tol)
-        if max_iter is not None:
-            layer.max_iter = int(max_iter)
-        yield layer
-    finally:
-        layer.tol, layer.max_iter = saved
 
 
 @dataclass(frozen=True)

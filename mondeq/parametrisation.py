@@ -7,7 +7,8 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor, nn
 
-from splitting import LinearOperator, State, StateShapeError
+from splitting import LinearOperator, State
+from .errors import StateShapeError
 from splitting.operator import check_margin
 
 T = TypeVar("T")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import MonotoneParametrisation
-from .models import FlattenState, MonDEQClassifier
+from ..parametrisation import MonotoneParametrisation
+from ..models.readouts import FlattenState
+from ..models.classifier import MonDEQClassifier
 
 
 def head_matrix(model: MonDEQClassifier) -> Tensor:
@@ -135,6 +136,21 @@ class LipschitzMarginLoss(nn.Module):
         self.step = 0
         self.norm_estimate = (InputNormEstimate(model.layer.linear, iterations=power_iterations)
                               if power_iterations > 0 else None)
+
+    def get_extra_state(self) -> dict:
+        """The schedule position and the power-iteration vector, for ``state_dict()`` (so a
+        checkpointed run resumes its ε ramp and its ‖U‖₂ estimate exactly)."""
+        v = None if self.norm_estimate is None else self.norm_estimate.v
+        return {"step": self.step, "norm_estimate": None if v is None else v.detach().clone()}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`get_extra_state` saved (``load_state_dict``); the vector moves to
+        the model's device."""
+        self.step = int(state["step"])
+        v = state.get("norm_estimate")
+        if self.norm_estimate is not None and v is not None:
+            p = next(self.model[0].parameters())
+            self.norm_estimate.v = v.to(device=p.device, dtype=p.dtype)
 
     def current_eps(self) -> float:
         """ε at the current step of the schedule."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from splitting import DenseOperator, State
 
-from .base import MonotoneParametrisation
+from ..parametrisation import MonotoneParametrisation
 
 
 class MonotoneLinear(MonotoneParametrisation):

@@ -14,8 +14,8 @@ so the margin m is exact for any parameter values:
   the paper's ``conv2d(circular_pad(z), A_n, stride=2)``).
 
 U (with a bias) injects the zero-padded input into tier 0 only; tiers ≥ 1 have their own
-per-channel bias. ``mv``/``rmv`` apply W in the Fourier domain (:mod:`mondeq.multitier_apply`,
-exact derivatives); the resolvent is exact and lives in :mod:`mondeq.tier_coupling`. A stride-2 map
+per-channel bias. ``mv``/``rmv`` apply W in the Fourier domain (:mod:`mondeq.operators.multitier.apply`,
+exact derivatives); the resolvent is exact and lives in :mod:`mondeq.operators.multitier.resolvent`. A stride-2 map
 needs an even grid, so every tier but the last has even height and width.
 """
 from __future__ import annotations
@@ -28,19 +28,20 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from splitting import LinearOperator, State
-from splitting.errors import InvalidSettingError
-from splitting.operator import check_alpha
+from ...errors import InvalidSettingError
+from splitting.operator import check_alpha, check_margin
 
-from .autodiff import any_transformed
-from .last_application import LastApplication
-from .base import MonotoneParametrisation
-from .fft import check_kernel_size, kernel_blocks, spectral_norm
-from .multitier_apply import KernelGradApply, apply_multitier, multitier_blocks
-from .multitier_norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
-from .tier_coupling import AliasMap, MultiTierResolvent
+from ..autodiff import any_transformed
+from ..last_application import LastApplication
+from ...parametrisation import MonotoneParametrisation
+from ..fft import check_kernel_size, kernel_blocks, spectral_norm
+from .apply import KernelGradApply, apply_multitier, multitier_blocks
+from .norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
+from .aliasing import AliasMap
+from .resolvent import MultiTierResolvent
 
 
-class MultiConvOperator(LinearOperator):
+class MultiTierOperator(LinearOperator):
     r"""W = (1 − m)I − FᵀF + Gᵀ − G on multi-tier states (module docstring).
 
     Args:
@@ -52,8 +53,7 @@ class MultiConvOperator(LinearOperator):
 
     def __init__(self, a_kernels: Sequence[Tensor], g_kernels: Sequence[Tensor],
                  s_kernels: Sequence[Tensor], m: float, sizes: Sequence[tuple[int, int]]) -> None:
-        if not m > 0:
-            raise InvalidSettingError(f"monotonicity margin m must be > 0, got {m}")
+        m = check_margin(m)
         tiers = len(a_kernels)
         if tiers < 1 or len(g_kernels) != tiers or len(s_kernels) != tiers - 1 or len(sizes) != tiers:
             raise InvalidSettingError(
@@ -153,7 +153,7 @@ class MultiConvOperator(LinearOperator):
         return self._spectra
 
     def alias_maps(self) -> list[AliasMap]:
-        """The :class:`~mondeq.tier_coupling.AliasMap` of every tier that feeds a stride-2 map."""
+        """The :class:`~mondeq.operators.multitier.resolvent.AliasMap` of every tier that feeds a stride-2 map."""
         if self._maps is None:
             self._maps = [AliasMap(s, self.device) for s in self.sizes[:-1]]
         return self._maps
@@ -167,11 +167,11 @@ class MultiConvOperator(LinearOperator):
 
         I − W couples, for every frequency of the last tier, the :math:`4^{T-1-i}` frequencies of
         each tier i that alias onto it: a dense group of size :math:`d = \sum_i c_i 4^{T-1-i}`.
-        For :math:`d \le` :data:`~mondeq.multitier_norm.EXACT_GROUP_LIMIT` (416 for the paper's
+        For :math:`d \le` :data:`~mondeq.operators.multitier.norm.EXACT_GROUP_LIMIT` (416 for the paper's
         MNIST model, 444 for its small CIFAR model; about 1.5 s on one CPU thread) the norm is
-        the largest singular value over these groups (:func:`~mondeq.multitier_norm.exact_norm`),
+        the largest singular value over these groups (:func:`~mondeq.operators.multitier.norm.exact_norm`),
         otherwise the norm of the T × T matrix of exact tier-block norms
-        (:func:`~mondeq.multitier_norm.block_norm_bound`, about 15–18% above the norm for those
+        (:func:`~mondeq.operators.multitier.norm.block_norm_bound`, about 15–18% above the norm for those
         models at initialisation, 0.2 s). Either way an upper bound, as FB's step rule and the
         certificate slack need; computed in float64 and cached on the operator.
         """
@@ -181,7 +181,7 @@ class MultiConvOperator(LinearOperator):
         return self._lipschitz
 
 
-class MonotoneMultiConv(MonotoneParametrisation):
+class MonotoneMultiTier(MonotoneParametrisation):
     r"""Parameters of a multi-tier convolutional monDEQ: U (tier 0), per-tier biases, A_i, G_i, C_i.
 
     Args:
@@ -247,8 +247,8 @@ class MonotoneMultiConv(MonotoneParametrisation):
                      for b, size in zip(self.tier_bias, self.sizes[1:]))
         return (first, *rest)
 
-    def operator(self) -> MultiConvOperator:
-        return MultiConvOperator(list(self.A), list(self.G), list(self.S), self.m, self.sizes)
+    def operator(self) -> MultiTierOperator:
+        return MultiTierOperator(list(self.A), list(self.G), list(self.S), self.m, self.sizes)
 
     def input_norm(self) -> Tensor:
         return spectral_norm(self.U.weight, self.sizes[0])

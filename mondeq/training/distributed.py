@@ -23,9 +23,9 @@ does need care: DDP arms its hooks in the *wrapper's* forward, so a training ste
 wrapper (:class:`DistributedMonDEQ` offers ``forward_with_stats`` for that), never the bare model.
 
 **What must agree across ranks** (and what this module offers for it): the data order
-(:func:`epoch_order`, a pure function of seed and epoch, and :func:`rank_batches`, each rank's
+(:func:`mondeq.training.data_order.epoch_order`, a pure function of seed and epoch, and :func:`rank_batches`, each rank's
 share of every global batch); the splitting step α (decided on rank 0 and broadcast, see
-:mod:`mondeq.tuning`; :func:`broadcast_object`); metrics (:func:`all_reduce_sum` of counts and
+:mod:`mondeq.training.step_size`; :func:`broadcast_object`); metrics (:func:`all_reduce_sum` of counts and
 sums, then divide); and outputs (only ``DistInfo.is_main`` writes files or prints).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from splitting import EquilibriumStats, State
-from splitting.errors import InvalidSettingError
+from ..errors import InvalidSettingError
 
 
 @dataclass(frozen=True)
@@ -132,29 +132,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def epoch_order(n: int, *, seed: int, epoch: int) -> Tensor:
-    """The global sample order of one epoch: a permutation of ``range(n)``, a pure function of
-    ``(seed, epoch)``.
-
-    Every rank computes the same permutation without communicating (a CPU ``torch.Generator``
-    seeded with ``seed · 1 000 003 + epoch``), and a resumed run recomputes the order of the epoch
-    it resumes in.
-
-    Args:
-        n: dataset size.
-        seed: the run's seed.
-        epoch: epoch index.
-
-    Returns:
-        int64 CPU tensor of shape (n,).
-    """
-    if n < 0:
-        raise InvalidSettingError(f"n must be ≥ 0, got {n}")
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=generator)
-
-
 def rank_batches(order: Tensor, batch_size: int, info: DistInfo) -> list[Tensor]:
     """This rank's indices of every global batch of ``order``.
 
@@ -174,7 +151,7 @@ def rank_batches(order: Tensor, batch_size: int, info: DistInfo) -> list[Tensor]
     128 (last batch 96) are split evenly by 1, 2, 4, 8, 16 or 32 processes.
 
     Args:
-        order: the epoch's global order (e.g. :func:`epoch_order`), 1-D.
+        order: the epoch's global order (e.g. :func:`~mondeq.training.data_order.epoch_order`), 1-D.
         batch_size: the GLOBAL batch size (summed over ranks), ≥ world_size.
         info: this process's place in the job.
 

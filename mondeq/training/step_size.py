@@ -20,12 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from splitting import ConvergenceWarning, StepSizeWarning, equilibrium
-from splitting.errors import InvalidSettingError
+from splitting import equilibrium
+from ..errors import ConvergenceWarning, StepSizeWarning
+from ..errors import InvalidSettingError
 
 from .distributed import broadcast_object, is_distributed, unwrap
-from .layer import MonDEQ
-from .models import MonDEQClassifier
+from ..layer import MonDEQ
+from ..models.classifier import MonDEQClassifier
 
 HALVINGS = tuple(2.0 ** -k for k in range(7))
 """The paper's grid: 1, 1/2, …, 1/64."""
@@ -125,7 +126,7 @@ class AlphaTuner:
 
     Pass it as ``train_epoch(..., on_batch=AlphaTuner(every=100))``; it tunes on the step's own
     batch before the step runs (the first call tunes), and keeps a log of its choices. Under
-    torch.distributed (the model may be the :func:`mondeq.distributed.wrap_model` wrapper), rank
+    torch.distributed (the model may be the :func:`mondeq.training.distributed.wrap_model` wrapper), rank
     0 tunes on its batch and broadcasts the result, so every rank uses the same α.
 
     Args:

@@ -1,0 +1,7 @@
+"""Classifiers built on a monDEQ layer: the classifier, its readouts, and the model zoo."""
+from .classifier import MonDEQClassifier
+from .readouts import AvgPoolState, FlattenState, TierPool
+from .zoo import DEFAULT_CHANNELS, MODELS, build_model, fc_mondeq, multitier_mondeq, single_conv_mondeq
+
+__all__ = ["DEFAULT_CHANNELS", "MODELS", "build_model", "AvgPoolState", "FlattenState", "MonDEQClassifier", "TierPool", "fc_mondeq",
+           "multitier_mondeq", "single_conv_mondeq"]

@@ -1,0 +1,16 @@
+"""Monotone parametrisations of W = (1 − m)I − FᵀF + Gᵀ − G and their operators.
+
+* :mod:`.dense`: dense F, G (:class:`MonotoneLinear`);
+* :mod:`.conv`: circular convolutions, resolvent by the FFT (:class:`MonotoneConv`);
+* :mod:`.multitier`: several tiers coupled by stride-2 convolutions, exact FFT resolvent
+  (:class:`MonotoneMultiTier`);
+* :mod:`.fft`: the Fourier-domain block algebra both convolutional operators share;
+* :mod:`.last_application`, :mod:`.autodiff`: the shared memo of the last application and the
+  test for tensors of forward-mode or ``torch.func`` transforms.
+"""
+from .conv import ConvOperator, ConvResolvent, MonotoneConv
+from .dense import MonotoneLinear
+from .multitier import MonotoneMultiTier, MultiTierOperator, MultiTierResolvent
+
+__all__ = ["ConvOperator", "ConvResolvent", "MonotoneConv", "MonotoneLinear", "MonotoneMultiTier",
+           "MultiTierOperator", "MultiTierResolvent"]
