@@ -15,7 +15,7 @@ implicit gradients, with Lipschitz bounds and certified robustness. Solvers live
 from .errors import MonDEQError, NonAffineReadoutError
 from .layer import MonDEQ, solver_settings
 from .models import (AvgPoolState, FlattenState, MonDEQClassifier, TierPool, build_model, fc_mondeq,
-                     multitier_mondeq, single_conv_mondeq)
+                     load_run, multitier_mondeq, single_conv_mondeq)
 from .operators import (ConvOperator, ConvResolvent, MonotoneConv, MonotoneLinear,
                         MonotoneMultiTier, MultiTierOperator, MultiTierResolvent)
 from .parametrisation import MonotoneParametrisation
@@ -31,7 +31,7 @@ __all__ = [
     "LipschitzMarginLoss", "MonDEQ", "MonDEQClassifier", "MonDEQError", "MonotoneConv",
     "MonotoneLinear", "MonotoneMultiTier", "MonotoneParametrisation", "MultiTierOperator",
     "MultiTierResolvent", "NonAffineReadoutError", "TierPool", "build_model", "certified_accuracy",
-    "certified_radius", "certify", "equilibrium_error_bound", "fc_mondeq", "lipschitz_bound",
+    "certified_radius", "certify", "equilibrium_error_bound", "fc_mondeq", "lipschitz_bound", "load_run",
     "margin_lipschitz", "margin_lipschitz_matrix", "multitier_mondeq", "pairwise_margin_norms",
     "pgd", "robust_accuracy", "single_conv_mondeq", "solver_settings",
 ]

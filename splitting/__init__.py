@@ -8,7 +8,7 @@ from .douglas_rachford import douglas_rachford
 from .errors import (ConvergenceWarning, InvalidSettingError, NonFiniteInputError, StateShapeError,
                      StepSizeWarning, UnsupportedDerivativeError)
 from .forward_backward import forward_backward, max_stable_alpha
-from .implicit import EquilibriumStats, equilibrium
+from .implicit import BackwardProblem, EquilibriumStats, equilibrium
 from .loop import natural_residual, relative_residual
 from .operator import DenseOperator, LinearOperator, Resolvent, TransposedOperator
 from .peaceman_rachford import peaceman_rachford
@@ -21,7 +21,7 @@ SOLVERS = {"fb": forward_backward, "pr": peaceman_rachford, "dr": douglas_rachfo
 """Splitting methods by short name (the CLI's ``--solver``)."""
 
 __all__ = [
-    "ConvergenceWarning", "DenseOperator", "DiagonalQuadratic", "EquilibriumStats",
+    "BackwardProblem", "ConvergenceWarning", "DenseOperator", "DiagonalQuadratic", "EquilibriumStats",
     "InvalidSettingError", "LinearOperator", "NonFiniteInputError", "Prox", "ReLU", "Resolvent",
     "SOLVERS", "SoftThreshold", "SolverResult", "State", "StateShapeError", "StepSizeWarning",
     "TransposedOperator", "anderson", "anderson_fb", "anderson_pr", "as_state",

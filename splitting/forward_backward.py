@@ -9,6 +9,7 @@ first iterate whose residual meets ``tol`` (the input of the last step).
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -43,7 +44,17 @@ def check_step_size(op: LinearOperator, alpha: float, check_step: str, *, method
         check_step == "on_failure" and converged is False)
     if not due:
         return
-    limit = max_stable_alpha(op)
+    try:
+        limit = max_stable_alpha(op)
+    except torch.linalg.LinAlgError:  # W has NaN or inf entries: no step size can help
+        limit = float("nan")
+    if not math.isfinite(limit) or limit == 0.0:
+        warnings.warn(f"{method} with alpha={alpha:g} did not converge and the operator W is not "
+                      f"finite (a parameter is NaN or inf), so no step size can converge: if "
+                      f"training produced this, the previous steps diverged; use a smaller alpha "
+                      f"(forward-backward needs alpha < 2m/L^2) or Peaceman-Rachford",
+                      StepSizeWarning, stacklevel=3)
+        return
     if alpha < limit:
         return
     message = (f"{method} step alpha={alpha:g} is outside the convergent range "

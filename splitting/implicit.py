@@ -19,7 +19,8 @@ arriving at :math:`z` into
 :math:`dz = (I - JW)^{-1}J\,dv_0`, and :math:`((I - JW)^{-1}J)^\top = (I - JW^\top)^{-1}J` by
 the push-through identity.) :math:`u` solves the monotone inclusion
 :math:`0 \in (I - W^\top)u - \bar g + Du`, :math:`D = J^{-1} - I`, by the same splitting method
-on :math:`W^\top`, reusing the forward resolvent transposed. Memory is that of one layer
+on :math:`W^\top`, reusing the forward resolvent transposed (:class:`BackwardProblem`, public so
+that programs can pose and time it outside autograd). Memory is that of one layer
 application, whatever the iteration count, and the backward pass costs the solve plus the
 parameter gradients of one application of W. Under ``torch.inference_mode`` no graph can be
 asked for, so W is not applied again at all.
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConvergenceWarning, UnsupportedDerivativeError
-from .operator import LinearOperator
+from .operator import LinearOperator, Resolvent
 from .prox import DiagonalQuadratic, Prox
 from .result import SolverResult
 from .state import State, tmap
@@ -65,20 +66,47 @@ class EquilibriumStats:
 
 
 @dataclass
-class _Problem:
-    """What the derivative solves need: the operator, the pre-activation at the solution, the
-    forward result (its resolvent) and the solver settings."""
+class BackwardProblem:
+    r"""The implicit-gradient problem of an equilibrium, as a splitting problem of its own.
+
+    At a solution :math:`z^\star = \sigma(v)`, :math:`v = Wz^\star + b`, with the diagonal
+    :math:`J = \sigma'(v) \in [0, 1]`, the gradient that an incoming :math:`\bar g = \partial\ell
+    / \partial z^\star` sends into :math:`v` (hence into W, U, b and x) is
+
+    .. math:: u = (I - JW^\top)^{-1} J\bar g
+              \iff 0 \in (I - W^\top)u - \bar g + Du,\qquad D = J^{-1} - I \succeq 0
+
+    (:math:`D = \infty` where :math:`J = 0` forces :math:`u = 0` there): the monotone inclusion of
+    a layer with operator :math:`W^\top` (same m, same L), nonlinearity
+    :math:`\mathrm{prox}_{\alpha D}` (:class:`~splitting.prox.DiagonalQuadratic`) and bias
+    :math:`\bar g`. Every splitting method solves it, and the Rachford methods reuse the forward
+    factorisation transposed (:meth:`~splitting.operator.Resolvent.transpose`). The forward-mode
+    tangent :math:`\dot z = (I - JW)^{-1}J\dot v` is the same problem with :math:`W` and bias
+    :math:`\dot v` (:meth:`solve_tangent`).
+
+    Attributes:
+        op: the forward operator :math:`W`.
+        prox: the forward nonlinearity σ (only its ``derivative`` is used).
+        pre_activation: :math:`v = Wz^\star + b` at the solution, a detached state.
+        forward: the forward solve's result, whose resolvent is reused (``None``: none to reuse).
+    """
 
     op: LinearOperator
     prox: Prox
     pre_activation: State
-    forward: SolverResult
-    solver: Solver
-    alpha: float
-    tol: float
-    max_iter: int
-    stats: EquilibriumStats
-    _jacobian: State | None = field(default=None, repr=False)
+    forward: SolverResult | None = None
+    _jacobian: State | None = field(default=None, init=False, repr=False)
+    _nonlinearity: DiagonalQuadratic | None = field(default=None, init=False, repr=False)
+    _resolvents: dict = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def at_solution(cls, op: LinearOperator, prox: Prox, bias: State,
+                    forward: SolverResult) -> "BackwardProblem":
+        """The problem at a forward solve's state ``forward.z`` for the bias ``bias`` (= Ux + b)."""
+        with torch.no_grad():
+            z = tuple(t.detach() for t in forward.z)
+            v = tmap(torch.add, op.mv(z), tuple(b.detach() for b in bias))
+        return cls(op, prox, v, forward)
 
     @property
     def jacobian(self) -> State:
@@ -87,10 +115,81 @@ class _Problem:
             self._jacobian = tuple(self.prox.derivative(t) for t in self.pre_activation)
         return self._jacobian
 
-    def solve(self, op: LinearOperator, rhs: State, resolvent, *, mode: str) -> SolverResult:
+    @property
+    def operator(self) -> LinearOperator:
+        r"""The backward operator :math:`W^\top`."""
+        return self.op.transpose()
+
+    @property
+    def nonlinearity(self) -> DiagonalQuadratic:
+        r"""The backward nonlinearity :math:`\mathrm{prox}_{\alpha D}(r) = Jr / (J + \alpha(1 - J))`."""
+        if self._nonlinearity is None:
+            self._nonlinearity = DiagonalQuadratic(self.jacobian)
+        return self._nonlinearity
+
+    def forward_resolvent(self, alpha: float) -> Resolvent | None:
+        r"""The forward solve's factorisation :math:`(I + \alpha(I - W))^{-1}` when it was made at
+        this α, else ``None``."""
+        resolvent = None if self.forward is None else self.forward.resolvent
+        return resolvent if resolvent is not None and resolvent.alpha == alpha else None
+
+    def resolvent(self, alpha: float) -> Resolvent:
+        r""":math:`(I + \alpha(I - W^\top))^{-1}`: the forward factorisation transposed, made once
+        per α (the forward solve's own when it used this α)."""
+        if alpha not in self._resolvents:
+            forward = self.forward_resolvent(alpha)
+            self._resolvents[alpha] = forward if forward is not None else self.op.resolvent(alpha)
+        return self._resolvents[alpha].transpose()
+
+    def solve(self, grad: State, *, solver: Solver, alpha: float, tol: float, max_iter: int,
+              resolvent: Resolvent | None = None) -> SolverResult:
+        r"""Solve :math:`(I - W^\top)u + Du \ni \bar g` for :math:`u = (I - JW^\top)^{-1}J\bar g`.
+
+        Args:
+            grad: :math:`\bar g`, a state shaped like the solution (detached).
+            solver: a splitting method with the shared signature.
+            alpha, tol, max_iter: its settings.
+            resolvent: a factorisation of :math:`W^\top` at α to use (e.g. :meth:`resolvent`);
+                ``None``: the forward solve's, transposed, when it was made at this α, otherwise
+                the solver makes its own (if it needs one).
+
+        Returns:
+            the solver's result; ``z`` is :math:`u`.
+        """
+        if resolvent is None:
+            forward = self.forward_resolvent(alpha)
+            resolvent = None if forward is None else forward.transpose()
+        return solver(self.operator, self.nonlinearity, grad, alpha=alpha, tol=tol,
+                      max_iter=max_iter, resolvent=resolvent)
+
+    def solve_tangent(self, tangent: State, *, solver: Solver, alpha: float, tol: float,
+                      max_iter: int) -> SolverResult:
+        r"""Forward mode: :math:`\dot z = (I - JW)^{-1}J\dot v`, the equilibrium
+        :math:`\dot z = J(W\dot z + \dot v)`, reusing the forward factorisation when made at α.
+
+        Args:
+            tangent: :math:`\dot v`, a state shaped like the solution.
+            solver, alpha, tol, max_iter: as in :meth:`solve`.
+        """
+        return solver(self.op, self.nonlinearity, tangent, alpha=alpha, tol=tol, max_iter=max_iter,
+                      resolvent=self.forward_resolvent(alpha))
+
+
+@dataclass
+class _Derivatives:
+    """What the autograd node keeps: the backward problem, the derivative solves' settings, and
+    the stats to fill."""
+
+    problem: BackwardProblem
+    solver: Solver
+    alpha: float
+    tol: float
+    max_iter: int
+    stats: EquilibriumStats
+
+    def run(self, solve: Callable[..., SolverResult], rhs: State, *, mode: str) -> SolverResult:
         try:
-            return self.solver(op, DiagonalQuadratic(self.jacobian), rhs, alpha=self.alpha,
-                               tol=self.tol, max_iter=self.max_iter, resolvent=resolvent)
+            return solve(rhs, solver=self.solver, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter)
         except RuntimeError as error:  # vmap cannot run the solver's data-dependent stopping test
             if "vmap" in str(error):
                 raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode=mode)) from error
@@ -104,27 +203,26 @@ class _ImplicitNonlinearity(torch.autograd.Function):
     returns :math:`(I - JW)^{-1}J\dot v`."""
 
     @staticmethod
-    def forward(problem: _Problem, prox: Prox, *v_and_z: Tensor):  # type: ignore[override]
+    def forward(derivatives: _Derivatives, prox: Prox, *v_and_z: Tensor):  # type: ignore[override]
         # a copy, so that the caller's in-place edits never reach the solver's result
         return tuple(t.clone() for t in v_and_z[len(v_and_z) // 2:])
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.problem = inputs[0]
+        ctx.derivatives = inputs[0]
         # kept (not copied) only so that a differentiable backward can anchor its refusal to them
         ctx.save_for_backward(*inputs[2:2 + len(output)])
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
         _refuse_batched(grads, "reverse")
-        p: _Problem = ctx.problem
-        resolvent = p.forward.resolvent.transpose() if p.forward.resolvent is not None else None
+        d: _Derivatives = ctx.derivatives
         with torch.no_grad():
             rhs = tuple(torch.zeros_like(t) if g is None else g.detach()
-                        for g, t in zip(grads, p.pre_activation))
-            result = p.solve(p.op.transpose(), rhs, resolvent, mode="reverse")
+                        for g, t in zip(grads, d.problem.pre_activation))
+            result = d.run(d.problem.solve, rhs, mode="reverse")
         _warn_if_unconverged(result, "backward")
-        p.stats.backward = result
+        d.stats.backward = result
         u = result.z
         if torch.is_grad_enabled():  # create_graph=True: u depends on W, J and ḡ in ways not traced
             u = _RefuseSecondOrder.apply(len(u), *u, *grads, *ctx.saved_tensors)
@@ -132,13 +230,14 @@ class _ImplicitNonlinearity(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _problem_tangent, _prox_tangent, *tangents: Tensor):  # type: ignore[override]
-        p: _Problem = ctx.problem
-        tangents = tangents[:len(p.pre_activation)]  # ẑ enters detached: no tangent of its own
+        d: _Derivatives = ctx.derivatives
+        v = d.problem.pre_activation
+        tangents = tangents[:len(v)]  # ẑ enters detached: no tangent of its own
         _refuse_batched(tangents, "forward")
-        tangents = tuple(torch.zeros_like(t) if d is None else d for d, t in zip(tangents, p.pre_activation))
-        result = p.solve(p.op, tangents, p.forward.resolvent, mode="forward")
+        tangents = tuple(torch.zeros_like(t) if dt is None else dt for dt, t in zip(tangents, v))
+        result = d.run(d.problem.solve_tangent, tangents, mode="forward")
         _warn_if_unconverged(result, "forward-mode tangent")
-        p.stats.tangent = result
+        d.stats.tangent = result
         return tuple(result.z)
 
     @staticmethod
@@ -230,12 +329,11 @@ def equilibrium(
         # applies W (forward-backward) would otherwise hand forward mode an unrolled tangent
         z_hat = tuple(t.detach() for t in result.z)
         v = tmap(torch.add, op.mv(z_hat), bias)
-        problem = _Problem(op=op, prox=prox, pre_activation=tuple(t.detach() for t in v),
-                           forward=result, solver=solver, alpha=alpha,
-                           tol=tol if backward_tol is None else backward_tol,
-                           max_iter=max_iter if backward_max_iter is None else backward_max_iter,
-                           stats=stats)
-        return tuple(_ImplicitNonlinearity.apply(problem, prox, *v, *z_hat)), stats
+        derivatives = _Derivatives(
+            BackwardProblem(op, prox, tuple(t.detach() for t in v), result), solver=solver,
+            alpha=alpha, tol=tol if backward_tol is None else backward_tol,
+            max_iter=max_iter if backward_max_iter is None else backward_max_iter, stats=stats)
+        return tuple(_ImplicitNonlinearity.apply(derivatives, prox, *v, *z_hat)), stats
 
 
 def _warn_if_unconverged(result: SolverResult, which: str) -> None:

@@ -229,10 +229,13 @@ def iterate(
         if lagged:  # decide on the previous iteration while this one runs on the device
             if pending is not None:
                 pending.event.synchronize()
+                thresholds = stopping.threshold
                 outcome = decide(pending, float(host_score))
                 if outcome != "go":
                     final, converged = pending, outcome == "converged"
                     break
+                if stopping.threshold is not thresholds:  # a failed confirmation tightened them:
+                    record.score = stopping.score(res)    # score this iteration as the host loop does
             host_score.copy_(record.score, non_blocking=True)
             record.event = torch.cuda.Event()
             record.event.record()

@@ -218,6 +218,9 @@ class DenseOperator(LinearOperator):
         if self._lipschitz is None:
             # in float64: a float32 SVD can come out ~1e-7 below the norm, and this is an upper bound
             weight = self.weight.detach().to(torch.float64)
+            if not bool(torch.isfinite(weight).all()):  # no finite bound; the SVD would fail
+                self._lipschitz = float("inf")
+                return self._lipschitz
             eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
             self._lipschitz = float(torch.linalg.matrix_norm(eye - weight, ord=2))
         return self._lipschitz

@@ -4,7 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mondeq.operators.dense import MonotoneLinear
+import simulated_cuda
+
+if simulated_cuda.requested():  # MONDEQ_SIMULATE_CUDA=1: CUDA tests run on the simulated device
+    simulated_cuda.activate()   # before any test module asks torch.cuda.is_available()
+
+from mondeq.operators.dense import MonotoneLinear  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -12,7 +12,6 @@ from mondeq.models import single_conv_mondeq
 from mondeq.training import train_epoch
 from splitting import DenseOperator, ReLU, SoftThreshold, peaceman_rachford
 from splitting.state import batch_norm
-from tests.conftest import load_experiment
 
 TIGHT = dict(tol=1e-12, max_iter=5_000)
 
@@ -269,7 +268,7 @@ def test_certified_training_enlarges_certified_radii():
 
 def test_certified_training_job_and_certify_script(tmp_path, capsys):
     torch.set_default_dtype(torch.float32)
-    train_job, certify_job = load_experiment("train"), load_experiment("certify")
+    from mondeq.cli import certify as certify_job, train as train_job
     report = train_job.main(["--epochs", "1", "--train-limit", "512", "--test-limit", "128",
                              "--batch-size", "64", "--certified-eps", "1.58", "--out", str(tmp_path)])
     assert "1.58" in report["final"]["certified"] and report["config"]["certify_tol"] == 1e-5

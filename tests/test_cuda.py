@@ -15,6 +15,8 @@ import warnings
 
 import pytest
 import torch
+
+import simulated_cuda
 from torch.nn import functional as nnf
 
 from mondeq import fc_mondeq, pgd, single_conv_mondeq
@@ -29,8 +31,9 @@ DEVICE = torch.device(_override) if _override else (torch.device("cuda") if torc
                                                       else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA device (MONDEQ_TEST_DEVICE=cpu runs "
                                                        "these tests on the CPU)")
-needs_cuda = pytest.mark.skipif(DEVICE is None or DEVICE.type != "cuda",
-                                reason="counts CUDA host syncs")
+SIMULATED = simulated_cuda.is_active()  # MONDEQ_SIMULATE_CUDA=1: CPU values, a device that says cuda
+needs_cuda = pytest.mark.skipif(DEVICE is None or DEVICE.type != "cuda" or SIMULATED,
+                                reason="counts CUDA host syncs (not on the simulated device)")
 
 try:
     from mondeq.models.zoo import multitier_mondeq
@@ -307,3 +310,121 @@ def test_solver_loop_syncs_do_not_grow_with_iterations(kind):
         few, many = _syncs(solve(5)), _syncs(solve(20))
     assert many == few, f"{few} syncs for 5 iterations, {many} for 20: the loop syncs per iteration"
     assert many <= 3, f"{many} host syncs in one solve"
+
+
+# ---------------------------------------------------------------- forward-mode derivatives
+
+@pytest.mark.skipif(SIMULATED, reason="forward-mode AD builds tensors in C++ (torch.func wrappers, "
+                    "tangent views) that the simulated device cannot see as cuda")
+@pytest.mark.parametrize("kind", MODELS)
+def test_jvp_on_device_matches_cpu(kind):
+    """torch.func.jvp of the logits (the implicit layer's forward-mode rule) agrees with the CPU."""
+    model, x, _ = build(kind, "pr", tol=1e-10)
+    model.eval()
+    device_model = on(model, DEVICE, torch.float64)
+    tangent = torch.randn_like(x)
+    ref = torch.func.jvp(model, (x,), (tangent,))
+    got = torch.func.jvp(device_model, (x.to(DEVICE),), (tangent.to(DEVICE),))
+    for g, r in zip(got, ref):
+        assert g.device.type == DEVICE.type
+        torch.testing.assert_close(cpu64(g), r, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------ data path with augmentation
+
+@pytest.mark.parametrize("resident", [True, False], ids=["on-device", "pinned"])
+def test_device_data_with_augmentation_trains(resident):
+    """DeviceData serves (image, label) pairs on the device, resident or from pinned memory,
+    augmentation runs there with its own device generator, and a training step follows."""
+    from mondeq.data import Augmentation
+    from mondeq.training import DeviceData
+
+    images = torch.arange(40, dtype=torch.float64).view(40, 1, 1, 1).expand(40, 1, 6, 6).contiguous()
+    labels = torch.arange(40) % 4
+    data = DeviceData(images, labels, DEVICE, max_fraction=0.5 if resident else 0.0)
+    assert data.on_device == resident or DEVICE.type == "cpu"
+    augment = Augmentation(True, padding=1, seed=0, device=DEVICE)
+    model, _, _ = build("conv", "pr", tol=1e-4)
+    model = on(model, DEVICE, torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    for idx, (xb, yb) in zip(order.split(16), data.batches(list(order.split(16)))):
+        assert xb.device.type == DEVICE.type and yb.device.type == DEVICE.type
+        torch.testing.assert_close(xb[:, 0, 0, 0].long().cpu(), idx)  # pairs stay together
+        torch.testing.assert_close(yb.cpu(), idx % 4)
+        xa = augment(xb)
+        assert xa.device.type == DEVICE.type and xa.shape == xb.shape
+        # a crop of a constant image keeps its value or the zero padding
+        assert bool(((xa == xb[:, :1, :1, :1]) | (xa == 0)).all())
+        loss = nnf.cross_entropy(model(xa), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.isfinite(p).all() and p.device.type == DEVICE.type for p in model.parameters())
+    state = augment.state_dict()
+    assert state["generator"].device.type == "cpu"
+    again = Augmentation(True, padding=1, seed=5, device=DEVICE)
+    again.load_state_dict(state)
+    x = data.images[:8].to(DEVICE)
+    torch.testing.assert_close(again(x), augment(x))
+
+
+# ------------------------------------------------------------------- checkpoint and resume
+
+def test_checkpoint_resume_with_map_location(tmp_path):
+    """A device checkpoint resumes on the device (default and explicit map_location) and on the
+    CPU (map_location="cpu"), with equal weights and optimizer moments."""
+    from mondeq.training import load_checkpoint, save_checkpoint
+
+    model, x, y = build("dense", "pr")
+    model = on(model, DEVICE, torch.float64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    training_step_with(model, optimizer, x.to(DEVICE), y.to(DEVICE))
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model=model, optimizer=optimizer, epoch=1, history=[{"loss": 1.0}],
+                    config={"seed": 0}, extra={"note": torch.ones(2, device=DEVICE)})
+    for target, map_location in ((DEVICE, None), (DEVICE, DEVICE), (torch.device("cpu"), "cpu")):
+        fresh, _, _ = build("dense", "pr")
+        fresh = on(fresh, target, torch.float64)
+        fresh_opt = torch.optim.Adam(fresh.parameters(), lr=LR)
+        state = load_checkpoint(path, model=fresh, optimizer=fresh_opt, map_location=map_location)
+        assert state["epoch"] == 1 and state["extra"]["note"].device.type == target.type
+        for p, q in zip(fresh.parameters(), model.parameters()):
+            assert p.device.type == target.type
+            torch.testing.assert_close(cpu64(p), cpu64(q), rtol=0, atol=0)
+        moments = [v for s in fresh_opt.state.values() for k, v in s.items() if k != "step"]
+        assert moments and all(m.device.type == target.type for m in moments)
+        # and it trains on from there
+        training_step_with(fresh, fresh_opt, x.to(target), y.to(target))
+
+
+def training_step_with(model, optimizer, x, y):
+    loss = nnf.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+# ----------------------------------------------------------------------------- α tuning
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_alpha_tuner_on_device_matches_cpu(kind):
+    """tune_alpha makes the same choice from the same iteration counts on the device, and
+    AlphaTuner sets it on the model inside train_epoch."""
+    from mondeq.training import AlphaTuner, train_epoch, tune_alpha
+
+    model, x, y = build(kind, "pr", tol=1e-7)
+    device_model = on(model, DEVICE, torch.float64)
+    shape = (len(x), *model.layer.linear.input_shape)
+    ref = tune_alpha(model.layer, x.reshape(shape), generator=torch.Generator().manual_seed(0))
+    got = tune_alpha(device_model.layer, x.to(DEVICE).reshape(shape),
+                     generator=torch.Generator().manual_seed(0))
+    assert got.alpha == ref.alpha
+    assert [(t.forward_iterations, t.backward_iterations) for t in got.trials] == \
+           [(t.forward_iterations, t.backward_iterations) for t in ref.trials]
+    tuner = AlphaTuner(every=1)
+    optimizer = torch.optim.SGD(device_model.parameters(), lr=0.01)
+    train_epoch(device_model, optimizer, [(x.to(DEVICE), y.to(DEVICE))], steps=1, on_batch=tuner,
+                progress=False)
+    assert device_model.layer.alpha == tuner.log[-1][1].alpha

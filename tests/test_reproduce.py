@@ -1,7 +1,7 @@
 """experiments/reproduce.py: the nine rows of the paper's Table 1, --list, --table, one tiny run."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
 import subprocess
@@ -14,11 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module          # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("mondeq.cli.reproduce")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch
 from mondeq import fc_mondeq
 from mondeq.training import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from mondeq.training.step_size import AlphaTuner
-from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "experiments" / "train.py")
@@ -175,7 +174,7 @@ def _crash_and_resume(tmp_path, monkeypatch, args, *, crash_at: int, every: int)
     ``--checkpoint-every every``, crashing (an exception) at the ``crash_at``-th optimizer step;
     resume ``cut/`` under a different global seed and check it ends as ``full/`` did. Returns the
     checkpoint the crash left behind."""
-    train = load_experiment("train")
+    from mondeq.cli import train
     train.main([*args, "--out", str(tmp_path / "full")])
     step, calls = torch.optim.Adam.step, [0]
 

@@ -11,7 +11,7 @@ from mondeq.training.step_size import HALVINGS, AlphaTuner, tune_alpha
 from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
                        anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
                        peaceman_rachford)
-from tests.conftest import dense_weight, load_experiment, make_dense, random_params
+from tests.conftest import dense_weight, make_dense, random_params
 
 NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
 NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb"]
@@ -297,7 +297,7 @@ def test_pr_spectrum_matrix_is_the_linearised_peaceman_rachford_map():
     """(2R − I)(2P − I) is the derivative of PR's map at its fixed point u* = z* + α(Wz* + b − z*)."""
     from splitting.peaceman_rachford import rachford_step
 
-    spectrum = load_experiment("pr_spectrum")
+    from mondeq.cli.compare import spectrum
     op, bias = problem(batch=3)
     alpha = 0.6
     z = peaceman_rachford(op, ReLU(), bias, alpha=1.0, tol=1e-14, max_iter=20_000).z[0]
@@ -319,8 +319,9 @@ def test_pr_spectrum_matrix_is_the_linearised_peaceman_rachford_map():
 def test_compare_splitting_poses_the_multitier_backward_problem():
     """The multi-tier readout reads the last tier only: the other tiers' gradient is zero, not an
     error, and the backward problem is solvable."""
-    compare = load_experiment("compare_splitting")
-    model = compare.build_model({"model": "multitier", "channels": [2, 2, 2]}).double()
+    from mondeq import build_model
+    from mondeq.cli import compare
+    model = build_model({"model": "multitier", "channels": [2, 2, 2]}).double()
     x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
     backward = compare.problems(model, x, y)["backward"]
     assert [bool((g == 0).all()) for g in backward.bias] == [True, True, False]

@@ -7,7 +7,7 @@ import torch
 
 from mondeq import fc_mondeq
 from mondeq.training import train_epoch
-from tests.conftest import load_experiment
+from mondeq.cli import train as train_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-limit", "64", "--test-limit", "16", "--batch-size", "32", "--epsilons", "0.1"]
@@ -15,7 +15,7 @@ TINY = ["--train-limit", "64", "--test-limit", "16", "--batch-size", "32", "--ep
 
 @pytest.fixture(scope="module")
 def train():
-    return load_experiment("train")
+    return train_module
 
 
 @pytest.mark.parametrize("argv, option", [

@@ -9,7 +9,7 @@ import torch
 
 from mondeq.data import DATASETS
 from tests.fake_datasets import write_fake_cifar10, write_fake_svhn
-from tests.conftest import load_experiment
+from mondeq.cli import train as train_module
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hidden", "20", "--batch-size", "32", "--lr", "1e-2", "--epsilons", "0.1"]
@@ -17,7 +17,7 @@ FAST = ["--hidden", "20", "--batch-size", "32", "--lr", "1e-2", "--epsilons", "0
 
 @pytest.fixture(scope="module")
 def train():
-    return load_experiment("train")
+    return train_module
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +14,7 @@ def float32():
 
 
 def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
-    train = load_experiment("train")
+    from mondeq.cli import train
     # a constant learning rate can be extended by --resume --epochs (a cosine one cannot)
     common = ["--train-limit", "512", "--test-limit", "256", "--batch-size", "64", "--schedule", "constant",
               "--out", str(tmp_path)]
@@ -37,7 +36,7 @@ def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, float32):
-    train = load_experiment("train")
+    from mondeq.cli import train
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.main(["--epochs", "1", "--resume", "--train-limit", "64", "--test-limit", "64",
                     "--out", str(tmp_path)])
@@ -46,7 +45,7 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, float32):
 def test_report_points_to_float64_certification_when_the_slack_is_large(tmp_path, float32, capsys):
     """The final report says how to certify more tightly when the solver-error slack of its
     re-solve is large next to the smallest ε (here ε = 1e-9, so any slack is), and not otherwise."""
-    train = load_experiment("train")
+    from mondeq.cli import train
     common = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size", "64"]
     train.main([*common, "--epsilons", "1e-9", "--out", str(tmp_path / "tiny")])
     assert "experiments/certify.py" in capsys.readouterr().out

@@ -1,7 +1,6 @@
 """A classifier: a MonDEQ layer, an affine readout of the equilibrium, and a linear head."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from splitting import EquilibriumStats, State
@@ -45,23 +44,15 @@ class MonDEQClassifier(nn.Module):
         return self.head(self.readout(z))
 
     def head_matrix(self) -> Tensor:
-        r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
-
-        Readout and head are affine, so :math:`H` is the Jacobian at any point (taken at zero).
+        r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n),
+        detached (:func:`mondeq.robustness.lipschitz.head_matrix`, which also gives it with a graph).
 
         Raises:
             NonAffineReadoutError: the readout or the head does not declare itself affine.
         """
-        self.check_affine()
-        op = self.layer.linear.operator()
-        zero = tuple(t.detach() for t in op.zeros(1))
+        from ..robustness.lipschitz import head_matrix  # robustness imports this module
 
-        def logits_of(*flat_tiers: Tensor) -> Tensor:
-            return self.logits_from_state(tuple(flat_tiers))[0]
-
-        with torch.enable_grad():
-            jac = torch.autograd.functional.jacobian(logits_of, zero)
-        return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1).detach()
+        return head_matrix(self, differentiable=False)
 
     def check_affine(self) -> None:
         """Raise :class:`NonAffineReadoutError` unless readout and head are known to be affine."""

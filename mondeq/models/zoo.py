@@ -111,7 +111,7 @@ def _input_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
 
 
 def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
-    """The classifier a run's configuration describes, on the CPU in float32.
+    """The classifier a run's configuration describes, on the CPU in the default dtype.
 
     One registry for every program: ``config`` is the ``config`` dict that
     ``experiments/train.py`` saves in ``results.json`` and ``checkpoint.pt`` (any mapping with

@@ -25,7 +25,7 @@ from splitting import LinearOperator
 from splitting.state import batch_norm
 
 from ..layer import MonDEQ, solver_settings
-from .lipschitz import lipschitz_bound, margin_lipschitz
+from .lipschitz import lipschitz_bound, margin_lipschitz_matrix
 
 #: Iteration cap used when :func:`certify` re-solves at a tighter tolerance and none is given.
 TIGHT_MAX_ITER = 2000
@@ -172,7 +172,8 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     independently of the solver's claim, gives :math:`\|\hat z - z^\star\| \le \delta`
     (:func:`equilibrium_error_bound` with ``operator().lipschitz()``), and each margin is reduced by
     :math:`\|H_y - H_j\|_2\,\delta` (:func:`certified_radius`). Works for every layer through
-    ``input_norm()``, ``operator()`` and ``head_matrix()``.
+    ``input_norm()``, ``operator()`` and the head matrix
+    (:func:`~mondeq.robustness.lipschitz.margin_lipschitz_matrix`, the constants the loss trains).
 
     Args:
         model: a MonDEQClassifier (any layer type).
@@ -204,7 +205,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     lipschitz = lipschitz_bound(layer)
     op = linear.operator()
     op_lipschitz = linear.cached("operator_lipschitz", op.lipschitz)
-    margin_lip = margin_lipschitz(model.head_matrix(), lipschitz)
+    margin_lip = margin_lipschitz_matrix(model, differentiable=False)
     if max_iter is None and tol is not None:
         max_iter = max(layer.max_iter, TIGHT_MAX_ITER)
     x = x.reshape(x.shape[0], *linear.input_shape)

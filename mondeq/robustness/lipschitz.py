@@ -1,19 +1,30 @@
-r"""Lipschitz bounds of a monDEQ (Pabbaraju, Winston & Kolter, ICLR 2021).
+r"""Lipschitz bounds of a monDEQ classifier, each quantity computed here once (Pabbaraju, Winston &
+Kolter, ICLR 2021).
 
 .. math:: \|z^\star(x) - z^\star(x')\|_2 \le \frac{\|U\|_2}{m}\,\|x - x'\|_2
 
-and for logits :math:`h = Hz^\star + c` the margin :math:`h_y - h_j` moves by at most
-:math:`\|H_y - H_j\|_2\,\|U\|_2/m\,\|x - x'\|_2`.
+and for logits :math:`h = Hz^\star + c` the margin :math:`h_i - h_j` moves by at most
+
+.. math:: K_{ij} = \|H_i - H_j\|_2\,\frac{\|U\|_2}{m}\,\|x - x'\|_2 .
+
+Certificates (:mod:`.certification`) read :math:`K` detached, with the exact ‖U‖₂ in float64;
+the certified-training loss (:mod:`.losses`) reads the same :math:`K` with ``differentiable=True``,
+keeping the graph to the head and to U (never to W: the bound does not depend on F, G).
 """
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ..parametrisation import MonotoneParametrisation
 from ..layer import MonDEQ
+from ..models.readouts import FlattenState
+from ..parametrisation import MonotoneParametrisation
+
+if TYPE_CHECKING:
+    from ..models.classifier import MonDEQClassifier
 
 
 def lipschitz_bound(model: nn.Module) -> float:
@@ -40,11 +51,79 @@ def _input_norm(linear: MonotoneParametrisation) -> float:
         return float(linear.input_norm())
 
 
+def head_matrix(model: MonDEQClassifier, *, differentiable: bool = True) -> Tensor:
+    r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
+
+    Readout and head are affine (``logits = H z + c``), so :math:`H` is the Jacobian of
+    ``model.logits_from_state`` at any state; it is taken at zero, tier by tier, and the tiers'
+    columns are concatenated in the order of :class:`~mondeq.models.FlattenState`. With the
+    default readout and an ``nn.Linear`` head, :math:`H` is the head's weight.
+
+    Args:
+        model: a :class:`~mondeq.models.MonDEQClassifier`.
+        differentiable: keep the graph to the head's parameters (for a training loss); ``False``
+            returns a detached tensor (for certificates).
+
+    Raises:
+        NonAffineReadoutError: the readout or the head does not declare itself affine.
+    """
+    model.check_affine()  # the margin constants assume logits = H z + c
+    if isinstance(model.readout, FlattenState) and type(model.head) is nn.Linear:
+        weight = model.head.weight
+        return weight if differentiable else weight.detach()
+    zero = tuple(t.detach() for t in model.layer.linear.operator().zeros(1))
+
+    def logits_of(*tiers: Tensor) -> Tensor:
+        return model.logits_from_state(tuple(tiers))[0]
+
+    with torch.enable_grad():  # certify runs under no_grad
+        jac = torch.autograd.functional.jacobian(logits_of, zero, create_graph=differentiable)
+    head = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+    return head if differentiable else head.detach()
+
+
 def pairwise_margin_norms(head: Tensor) -> Tensor:
-    r"""Matrix :math:`N_{ij} = \|H_i - H_j\|_2` of a head's row differences, shape (K, K)."""
-    return torch.cdist(head.unsqueeze(0), head.unsqueeze(0)).squeeze(0)
+    r"""Matrix :math:`N_{ij} = \|H_i - H_j\|_2` of a head's row differences, shape (K, K).
+
+    Differentiable in ``head`` (when it carries a graph), with a zero gradient where
+    :math:`H_i = H_j` (the diagonal), where the norm itself has none. Rows are differenced
+    directly, not through :math:`\|H_i\|^2 + \|H_j\|^2 - 2\langle H_i, H_j\rangle`, whose
+    cancellation could report a norm below the true one (an unsound certificate).
+    """
+    squares = torch.stack([(head - row).pow(2).sum(dim=1) for row in head])  # K × n memory at a time
+    positive = squares > 0
+    safe = torch.where(positive, squares, torch.ones_like(squares))  # sqrt' is infinite at 0
+    return torch.where(positive, safe.sqrt(), torch.zeros_like(squares))
 
 
-def margin_lipschitz(head: Tensor, lipschitz: float) -> Tensor:
-    r"""Lipschitz constants of every margin :math:`h_i - h_j`: :math:`N_{ij}\,\|U\|_2/m`, (K, K)."""
+def margin_lipschitz(head: Tensor, lipschitz: float | Tensor) -> Tensor:
+    r"""Lipschitz constants of every margin :math:`h_i - h_j`: :math:`K_{ij} = N_{ij}\,\|U\|_2/m`, (K, K).
+
+    Args:
+        head: :math:`H`, shape (K, n) (:func:`head_matrix`).
+        lipschitz: :math:`\|U\|_2/m` (:func:`lipschitz_bound`, or a differentiable tensor).
+    """
     return pairwise_margin_norms(head) * lipschitz
+
+
+def margin_lipschitz_matrix(model: MonDEQClassifier, *, differentiable: bool = True,
+                            input_norm: Tensor | None = None) -> Tensor:
+    r""":math:`K_{ij} = \|H_i - H_j\|_2\,\|U\|_2/m` of a classifier, shape (K, K), in its input scale.
+
+    Args:
+        model: a :class:`~mondeq.models.MonDEQClassifier`.
+        differentiable: keep the graph to the head and to U, with ‖U‖₂ from the layer's
+            differentiable ``input_norm()`` (the certified-training loss); ``False`` gives the
+            detached constants the certificates use (‖U‖₂ exact, in float64, cached).
+        input_norm: a differentiable ‖U‖₂ to use instead of ``input_norm()`` (e.g. the
+            power-iteration estimate of :class:`~mondeq.robustness.losses.InputNormEstimate`);
+            only with ``differentiable=True``.
+    """
+    if not differentiable:
+        if input_norm is not None:
+            raise ValueError("input_norm is for the differentiable constants; "
+                             "certificates use the exact ‖U‖₂")
+        return margin_lipschitz(head_matrix(model, differentiable=False), lipschitz_bound(model))
+    linear = model.layer.linear
+    u_norm = linear.input_norm() if input_norm is None else input_norm
+    return margin_lipschitz(head_matrix(model), u_norm / linear.m)

@@ -10,47 +10,20 @@ relative to the true one,
 so that :math:`\arg\max \tilde h = y` implies a certified radius above ε (for the exact
 equilibrium and the exact ‖U‖₂). The constant is differentiable in the head and in U (the exact
 ``input_norm()``, or the cheaper power-iteration estimate :class:`InputNormEstimate`), and not
-in W: the bound does not depend on F, G.
+in W: the bound does not depend on F, G. :math:`H` and :math:`K` are those of the certificates
+(:func:`~mondeq.robustness.lipschitz.margin_lipschitz_matrix`, here with its graph).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..parametrisation import MonotoneParametrisation
-from ..models.readouts import FlattenState
 from ..models.classifier import MonDEQClassifier
+from ..parametrisation import MonotoneParametrisation
+from .lipschitz import head_matrix, margin_lipschitz_matrix
 
-
-def head_matrix(model: MonDEQClassifier) -> Tensor:
-    r"""Differentiable linear part :math:`H` of ``state ↦ logits``, shape (classes, n).
-
-    Same as :meth:`MonDEQClassifier.head_matrix` but keeps the graph to the head's parameters
-    (the readout is affine and parameter-free, so :math:`H` is the Jacobian at zero).
-    """
-    model.check_affine()  # the margin constants assume logits = H z + c
-    if isinstance(model.readout, FlattenState):
-        return model.head.weight
-    zero = tuple(t.detach() for t in model.layer.linear.operator().zeros(1))
-
-    def logits_of(*tiers: Tensor) -> Tensor:
-        return model.logits_from_state(tuple(tiers))[0]
-
-    jac = torch.autograd.functional.jacobian(logits_of, zero, create_graph=True)
-    return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
-
-
-def pairwise_distances(rows: Tensor) -> Tensor:
-    r""":math:`N_{ij} = \|H_i - H_j\|_2`, shape (K, K), with a finite gradient on the diagonal."""
-    diff = rows[:, None, :] - rows[None, :, :]
-    return diff.pow(2).sum(-1).clamp(min=1e-12).sqrt() * (1 - torch.eye(len(rows), dtype=rows.dtype,
-                                                                           device=rows.device))
-
-
-def margin_lipschitz_matrix(model: MonDEQClassifier) -> Tensor:
-    r"""Differentiable :math:`K_{ij} = \|H_i - H_j\|_2\,\|U\|_2/m`, shape (K, K) (model input scale)."""
-    linear = model.layer.linear
-    return pairwise_distances(head_matrix(model)) * (linear.input_norm() / linear.m)
+__all__ = ["InputNormEstimate", "LipschitzMarginLoss", "head_matrix", "lipschitz_margin_logits",
+           "margin_lipschitz_matrix"]
 
 
 class InputNormEstimate:
@@ -168,7 +141,7 @@ class LipschitzMarginLoss(nn.Module):
         if eps > 0 or self.lipschitz_penalty > 0:
             linear = model.layer.linear
             u_norm = linear.input_norm() if self.norm_estimate is None else self.norm_estimate()
-            k = pairwise_distances(head_matrix(model)) * (u_norm / linear.m)
+            k = margin_lipschitz_matrix(model, input_norm=u_norm)
             if eps > 0:
                 logits = lipschitz_margin_logits(logits, labels, k, eps)
             if self.lipschitz_penalty > 0:

@@ -30,6 +30,10 @@ __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "read_checkpoint
            "save_checkpoint"]
 
 
+CHECKPOINT_NAME = "checkpoint.pt"
+"""The checkpoint's file name inside a run folder."""
+
+
 def capture_rng() -> dict[str, Any]:
     """The global RNG states: torch CPU, and every CUDA device's when CUDA is initialised."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
@@ -90,15 +94,19 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dictionary, without applying it.
+    """The raw checkpoint dictionary, without applying it. ``path`` is the file, or a run folder
+    holding ``checkpoint.pt``.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: the file is truncated, corrupt or not a checkpoint (the message names it).
     """
     path = Path(path)
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file():  # a run folder
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train without --resume first")
+        where = f"{path} (the folder holds no {CHECKPOINT_NAME})" if path.is_dir() else str(path)
+        raise FileNotFoundError(f"no checkpoint at {where}; train without --resume first")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:

@@ -1,19 +1,19 @@
-"""The main job's command line: options, their validation, and the merge with a saved run's
-configuration on ``--resume``. Part of ``experiments/train.py`` (kept apart to keep each file
-about one thing); it imports only the public API of mondeq and splitting.
-"""
+"""The training command's options: the parser, its validation, the defaults that depend on other
+options, and the merge with a saved run's configuration on ``--resume``."""
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
 
-from mondeq.data import DATASETS
-from mondeq.training.schedules import SCHEDULES
-from mondeq.cli import device_arg
-from mondeq.errors import ResumeConfigError
-from mondeq.training.resume import explicit_options, merge_saved_config
 from splitting import SOLVERS
+
+from ..data import DATASETS
+from ..errors import ResumeConfigError
+from ..models import MODELS
+from ..training.resume import explicit_options, merge_saved_config
+from ..training.schedules import SCHEDULES
+from .options import device_arg
 
 DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver "
                "iterations, Lipschitz bound and certified ℓ2 accuracy.")
@@ -25,21 +25,12 @@ true relative residual near 1e-6 at best (round-off), so 1e-6 would sometimes ne
 1e-5 is, and its slack (a few 1e-5 pixel) is still negligible next to the radii."""
 CERTIFIED_EPOCHS = 30
 """Default epochs with --certified-eps: Lipschitz-margin training converges slowly."""
-DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
-                    "multitier": {"mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)}}
-"""The paper's widths (Table 1) when --channels is not given."""
 MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "checkpoint_every", "amp"}
 """Options that --resume accepts with a value other than the saved run's."""
 
-try:
-    from mondeq.models.zoo import multitier_mondeq
-except ImportError:  # the multi-tier model is optional for this program
-    multitier_mondeq = None
-MODELS = ("fc", "conv") + (("multitier",) if multitier_mondeq is not None else ())
-
 
 def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
-    """The main job's options (``experiments/train.py --help``)."""
+    """The training command's options (``experiments/train.py --help``)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
@@ -108,7 +99,10 @@ POSITIVE_FLOATS = ("lr", "m", "alpha", "tol", "certify_tol")
 
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:  # noqa: C901
-    """Refuse values that would fail later, silently misbehave, or are not finite."""
+    """Refuse values that would fail later, silently misbehave, or are not finite.
+
+    Exits through ``p.error`` (status 2) naming the option and the value it got.
+    """
     for name, value in vars(args).items():
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
@@ -144,7 +138,15 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:  # n
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the command line; ``args.explicit`` names the options typed."""
+    """Parse and validate the command line.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The options, with their dependent defaults filled in; ``args.explicit`` names the options
+        typed on the command line.
+    """
     p = build_parser()
     args = p.parse_args(argv)
     validate(p, args)
@@ -179,8 +181,20 @@ def length_dependent(config: dict) -> str | None:
 
 
 def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> argparse.Namespace:
-    """The saved run's settings, with the few options that may change (``MAY_CHANGE_ON_RESUME``)
-    taken from the command line; any other typed option that differs is refused by name."""
+    """The saved run's settings, with the few options that may change taken from the command line.
+
+    Args:
+        args: the parsed command line (with ``explicit``).
+        saved: the configuration stored in the checkpoint.
+        checkpoint: where it was read (named in the messages).
+
+    Returns:
+        The merged options; ``MAY_CHANGE_ON_RESUME`` may differ from the saved run.
+
+    Raises:
+        SystemExit: a typed option contradicts the saved run, or ``--epochs`` would change the
+            length of a run whose schedule depends on it.
+    """
     try:
         merged = merge_saved_config(saved, vars(args), args.explicit, may_change=MAY_CHANGE_ON_RESUME,
                                     source=checkpoint)

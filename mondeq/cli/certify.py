@@ -1,0 +1,194 @@
+"""The certify command: sound certified ℓ2 accuracy of a trained MNIST monDEQ against PGD robust
+accuracy (``experiments/certify.py``; its docstring describes the outputs).
+
+Every test equilibrium is re-solved at a tight tolerance, certified radii are margins minus the
+solver slack, and PGD points inside a certified radius that the tightly solved model misclassifies
+are counted as counterexamples (there must be none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
+from ..layer import solver_settings
+from ..models import MODELS, build_model
+from ..robustness import pgd
+from ..robustness.certification import certify
+from ..training import read_checkpoint
+from .options import device_arg, positive_float, positive_int
+from .plots import plot_certified
+
+DESCRIPTION = "Certify a trained monDEQ: sound certified ℓ2 accuracy against PGD robust accuracy on MNIST."
+EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the certify command's options (``experiments/certify.py --help``)."""
+    p = argparse.ArgumentParser(description=DESCRIPTION,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", type=Path, help="the main job's --out folder, or a checkpoint.pt")
+    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
+                   help="ℓ2 radii in pixel scale [0, 1]")
+    p.add_argument("--tol", type=positive_float, default=1e-6,
+                   help="re-solve at this tolerance before certifying (the trained tolerance is "
+                        "also reported, to show the slack it costs)")
+    p.add_argument("--max-iter", type=positive_int, default=2000, help="iteration cap of the tight solve")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="precision of certification and attacks")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="certify only the first N test images")
+    p.add_argument("--attack-limit", type=positive_int, default=None,
+                   help="attack only the first N test images (default: all certified ones)")
+    p.add_argument("--steps", type=positive_int, default=50, help="PGD steps per restart")
+    p.add_argument("--restarts", type=positive_int, default=2, help="PGD restarts (the first from x)")
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
+    p.add_argument("--data", type=Path, default=None, help="MNIST folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model, the data and the attack's generator live")
+    return p.parse_args(argv)
+
+
+def load_model(path: Path, dtype: torch.dtype,
+               device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The MNIST classifier a training run saved, with its tuned α, in eval mode.
+
+    Args:
+        path: the run folder, or its ``checkpoint.pt``.
+        dtype: precision of the returned model.
+        device: where the checkpoint is loaded and the model lives.
+
+    Returns:
+        The model and the raw checkpoint dictionary.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: the checkpoint's model is not in the registry, or was not trained on MNIST.
+    """
+    checkpoint = path / "checkpoint.pt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}; run experiments/train.py --out {path} first")
+    state = read_checkpoint(checkpoint, map_location=device)
+    config = {"dataset": "mnist", **state["config"]}
+    if config["model"] not in MODELS:
+        raise ValueError(f"checkpoint model {config['model']!r} is not in the registry {sorted(MODELS)}")
+    if config["dataset"] != "mnist":
+        raise ValueError(f"this program certifies MNIST models; the checkpoint was trained on {config['dataset']!r}")
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    if state.get("alpha") is not None:  # the tuned step size the run ended with
+        model.layer.alpha = float(state["alpha"])
+    return model.to(device=device, dtype=dtype).eval(), state
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the certify command.
+
+    Args:
+        argv: the command line without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The report written to ``certify.json``.
+    """
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype)
+    device = args.device
+    model, state = load_model(args.run, dtype, device)
+    out = args.out or (args.run if args.run.is_dir() else args.run.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels, labels = load_mnist(args.data, train=False)
+    pixels = pixels[: args.test_limit].to(device=device, dtype=dtype)
+    labels = labels[: args.test_limit].to(device)
+    x = normalize(pixels)
+    eps_list = sorted(args.epsilons)
+    layer = model.layer
+    print(f"{state['config']['model']} monDEQ from {args.run} (epoch {state['epoch']}), "
+          f"{len(x)} test images, {args.dtype}, on {device}")
+
+    start = time.perf_counter()
+    loose = certify(model, x, labels, epsilons=eps_list, input_scale=MNIST_STD, batch_size=args.batch_size)
+    loose_time = time.perf_counter() - start
+    start = time.perf_counter()
+    tight = certify(model, x, labels, epsilons=eps_list, input_scale=MNIST_STD, tol=args.tol,
+                    max_iter=args.max_iter, batch_size=args.batch_size)
+    tight_time = time.perf_counter() - start
+    clean = float(tight.correct.double().mean())
+    print(f"Lipschitz bound ‖U‖₂/m = {tight.lipschitz:.4f} (normalised), {tight.lipschitz / MNIST_STD:.4f} (pixel)")
+    for name, cert, secs, tol in (("trained", loose, loose_time, layer.tol), ("tight", tight, tight_time, args.tol)):
+        print(f"solve at tol {tol:g} ({name}): {cert.forward_iterations:.0f} iterations, {secs:.1f} s; "
+              f"‖ẑ − z*‖ ≤ {float(cert.state_error.mean()):.3g} (mean), radius slack "
+              f"{float(cert.slack.mean()):.3g} mean / {float(cert.slack.max()):.3g} max (pixel); "
+              f"certified accuracy lost to slack: "
+              + ", ".join(f"ε={e:g}: {100 * (float((cert.radius_unsound > e).double().mean()) - cert.certified[e]):.2f}pt"
+                          for e in eps_list))
+
+    # PGD in pixel scale. The attack runs at the model's own (cheap) tolerance; its final points are
+    # then judged by the tightly solved network the certificates are about. Per ε, only images that
+    # survived the smaller radii are attacked; every attacked image whose certified radius exceeds
+    # ε is a soundness check (a misclassified PGD point there would be a counterexample).
+    n_attack = len(x) if args.attack_limit is None else min(args.attack_limit, len(x))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    attack = dict(norm="l2", steps=args.steps, restarts=args.restarts, bounds=(0.0, 1.0),
+                  mean=MNIST_MEAN, std=MNIST_STD, generator=generator)
+    robust_mask = tight.correct[:n_attack].clone()
+    radius = tight.radius[:n_attack]
+    robust, counterexamples, checked = {}, 0, 0
+    start = time.perf_counter()
+    for eps in eps_list:
+        idx = robust_mask.nonzero().squeeze(1)
+        for s in range(0, len(idx), args.batch_size):
+            chunk = idx[s:s + args.batch_size]
+            result = pgd(model, pixels[chunk], labels[chunk], eps, **attack)
+            with torch.no_grad(), solver_settings(layer, tol=args.tol, max_iter=args.max_iter):
+                broken = model(normalize(result.x_adv)).argmax(1) != labels[chunk]
+            robust_mask[chunk[broken]] = False
+            certified = radius[chunk] > eps
+            counterexamples += (broken & certified).sum()  # summed on the device, read once
+            checked += certified.sum()
+        robust[eps] = float(robust_mask.double().mean())
+        print(f"PGD ε={eps:g}: robust accuracy {100 * robust[eps]:.2f}% ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+    attack_time = time.perf_counter() - start
+    counterexamples, checked = int(counterexamples), int(checked)
+
+    rows = [{"eps": e, "clean": clean, "certified": tight.certified[e], "certified_trained_tol": loose.certified[e],
+             "pgd_robust": robust[e]} for e in eps_list]
+    print(f"\n{'ε':>6} {'clean':>8} {'certified':>10} {'cert@tol':>9} {'PGD robust':>11}")
+    for r in rows:
+        print(f"{r['eps']:>6g} {100 * r['clean']:>7.2f}% {100 * r['certified']:>9.2f}% "
+              f"{100 * r['certified_trained_tol']:>8.2f}% {100 * r['pgd_robust']:>10.2f}%")
+    print(f"(certified: tol {args.tol:g}; cert@tol: the trained tol {layer.tol:g}; PGD on {n_attack} images, "
+          f"{args.steps} steps × {args.restarts} restarts, {attack_time:.0f} s)")
+    print(f"PGD counterexamples inside certified radii: {counterexamples} of {checked} certified (image, ε) pairs attacked")
+
+    report = {"run": str(args.run), "epoch": state["epoch"], "config": state["config"], "table": rows,
+              "lipschitz": tight.lipschitz, "counterexamples": counterexamples, "certified_pairs_attacked": checked,
+              "slack": {"trained_tol": layer.tol, "tight_tol": args.tol,
+                        "mean_radius_slack_trained_tol": float(loose.slack.mean()),
+                        "mean_radius_slack_tight_tol": float(tight.slack.mean()),
+                        "max_radius_slack_trained_tol": float(loose.slack.max()),
+                        "max_radius_slack_tight_tol": float(tight.slack.max())},
+              "times_s": {"certify_trained_tol": loose_time, "certify_tight_tol": tight_time, "pgd": attack_time},
+              "pgd": {"images": n_attack, "steps": args.steps, "restarts": args.restarts}}
+    (out / "certify.json").write_text(json.dumps(report, indent=2))
+    plot_certified(out / "certify.png", {f"certified (tol {args.tol:g})": tight.radius,
+                                         f"certified (tol {layer.tol:g})": loose.radius},
+                   clean, robust, f"{state['config']['model']} monDEQ, {Path(args.run).name}")
+    print(f"wrote {out / 'certify.json'}, {out / 'certify.png'}")
+    return report
+
+
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` as a command (``mondeq certify``): its exit status."""
+    return 0 if main(argv) else 1
+
+
+if __name__ == "__main__":  # python -m mondeq.cli.certify: the same program as experiments/certify.py
+    sys.exit(run())

@@ -1,0 +1,120 @@
+"""Compare splitting methods on a trained monDEQ: iterations and wall time to a true residual.
+
+For every method in ``splitting.SOLVERS`` (FB, PR, DR, Anderson on PR and on FB) and every step
+size α in a grid (default 1, 1/2, …, 1/64), on one MNIST test batch:
+
+* forward: solve z* = σ(Wz* + Ux + b) from z = 0;
+* backward: solve the implicit-gradient problem (I − Wᵀ)u + Du = ḡ (D = J⁻¹ − I) for the
+  cross-entropy gradient ḡ = ∂ℓ/∂z*, reusing the forward factorisation as training does;
+
+and record the iterations and wall time until the TRUE relative residual
+‖z − σ(Wz + b)‖/‖z‖ (``splitting.natural_residual``; the worst sample of the batch) first falls
+below 1e-2, 1e-4 and 1e-6. Each threshold is one solve with ``tol`` set to it: the solvers stop
+only once every sample's true residual is confirmed below ``tol``, and report the first such
+iteration, which is what training pays. Times are the same solves repeated (median of
+``--repeats`` interleaved rounds; by default only for each method's best α, which is what the
+tables and plots show). The residual traces plotted are the solvers' own per-iteration residuals
+(exact for FB, the Rachford methods' cheap estimate otherwise) of the tightest solve. Runs that blow
+up (FB beyond its step limit 2m/L²) are reported as diverged, not as errors.
+
+Writes to ``--out``: ``comparison.csv`` (every run), ``comparison.md`` (tables), and
+``residual_vs_iteration.png``, ``residual_vs_time.png`` (each method at its best α) and
+``iterations_vs_alpha.png``.
+
+Without ``--checkpoint`` a quick model is trained first (one epoch on ``--train-limit`` images).
+Everything runs on ``--device`` (default: CUDA when available, else the CPU); on CUDA each timed
+call is synchronised before the clock stops.
+
+    python experiments/compare_splitting.py --checkpoint runs/mnist_fc/checkpoint.pt --out runs/compare_fc
+    mondeq compare --model conv --batch 64 --out runs/compare_conv
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from splitting import SOLVERS, max_stable_alpha
+
+from ...errors import InvalidSettingError
+from ...models import MODELS
+from ..options import device_arg
+from .measurement import ALPHAS, THRESHOLDS, Run, best_alpha, measure, time_runs
+from .problem import load_model, mnist_test_batch, problems, quick_model
+from .report import alpha_label, cell, markdown, plot, write_csv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The comparison's options (``experiments/compare_splitting.py``, ``mondeq compare``)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a checkpoint of experiments/train.py (keys 'config', 'model'); none: train a quick one")
+    p.add_argument("--model", choices=MODELS, default="fc",
+                   help="model to train when no checkpoint")
+    p.add_argument("--train-limit", type=int, default=10000, help="training images for the quick model")
+    p.add_argument("--batch", type=int, default=128, help="test batch size")
+    p.add_argument("--methods", nargs="+", default=list(SOLVERS), choices=sorted(SOLVERS))
+    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--max-iter", type=int, default=400, help="iteration cap per solve")
+    p.add_argument("--anderson-memory", type=int, default=5, help="Anderson memory (pairs kept)")
+    p.add_argument("--repeats", type=int, default=7, help="timing repeats (median)")
+    p.add_argument("--time", choices=("best", "all"), default="best",
+                   help="time each method at its best α only (what the tables and plots show), or every run")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="float64 resolves 1e-6; float32 is what training uses")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model, the data and the solves live")
+    p.add_argument("--out", type=Path, default=Path("runs/compare_splitting"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Run]:
+    """Run the comparison, write its files under ``--out``, print the report; returns every run."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint is None:
+        model, config = quick_model(args.model, train_limit=args.train_limit, seed=args.seed,
+                                    device=args.device, out=args.out)
+    else:
+        try:
+            model, config = load_model(args.checkpoint, device=args.device)
+        except InvalidSettingError as error:  # e.g. a checkpoint trained on another dataset
+            raise SystemExit(f"compare_splitting: {error}") from None
+    dtype = getattr(torch, args.dtype)
+    model = model.to(device=args.device, dtype=dtype).eval()
+    x, y = mnist_test_batch(model, args.batch, device=args.device, dtype=dtype)
+    probs = problems(model, x, y)
+    op = probs["forward"].op
+    info = {"model": config.get("model", "fc"), "describe": config["trained"], "batch": len(x),
+            "dtype": args.dtype, "max_iter": args.max_iter, "memory": args.anderson_memory,
+            "fb_limit": max_stable_alpha(op), "m": op.m, "L": op.lipschitz(),
+            "threads": torch.get_num_threads(), "device": str(args.device)}
+    runs: list[Run] = []
+    for direction, problem in probs.items():
+        for name in args.methods:
+            for alpha in args.alphas:
+                run = measure(direction, name, alpha, problem, max_iter=args.max_iter,
+                              memory=args.anderson_memory)
+                runs.append(run)
+                print(f"{direction:8s} {name:12s} α={alpha_label(alpha):5s} "
+                      + " ".join(f"{e:.0e}:{cell(run, e):>4s}" for e in THRESHOLDS)
+                      + f"  {run.status}" + ("  (step-size warning)" if run.step_warning else ""), flush=True)
+    timed = runs if args.time == "all" else [
+        b for d in probs for m in args.methods if (b := best_alpha(runs, d, m)) is not None]
+    print(f"timing {len(timed)} runs: {args.repeats} interleaved rounds", flush=True)
+    time_runs(timed, args.repeats, args.device)
+    write_csv(runs, args.out / "comparison.csv")
+    report = markdown(runs, args.methods, args.alphas, info)
+    (args.out / "comparison.md").write_text(report)
+    figures = plot(runs, args.methods, args.alphas, args.out)
+    print("\n" + report)
+    print("wrote " + ", ".join(str(p) for p in [args.out / "comparison.csv", args.out / "comparison.md", *figures]))
+    return runs
+

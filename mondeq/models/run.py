@@ -1,0 +1,40 @@
+"""Loading a trained run: the classifier a run's checkpoint describes, in one call."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..training.checkpoint import load_checkpoint, read_checkpoint
+from .classifier import MonDEQClassifier
+from .zoo import build_model
+
+
+def load_run(path: str | os.PathLike[str], *,
+             map_location: str | torch.device = "cpu") -> MonDEQClassifier:
+    """The trained classifier of a run, in eval mode, ready to evaluate or certify.
+
+    Reads the checkpoint written by ``experiments/train.py`` (``path`` is the run folder, e.g.
+    ``runs/mnist_fc``, or its ``checkpoint.pt``), rebuilds the model from the saved configuration
+    with :func:`~mondeq.models.zoo.build_model`, and loads its weights (in their saved dtype) and
+    tuned step size α. The
+    global random-number generators are left exactly as they were (building draws initial weights
+    from a forked generator; the checkpoint's saved generator states are not restored). The saved
+    configuration is kept as ``model.run_config``.
+
+    Example:
+        >>> model = mondeq.load_run("runs/mnist_fc")
+        >>> logits = model(x)          # x normalised as in training (mondeq.data.normalize_dataset)
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: an unreadable checkpoint, or one whose weights do not fit its config.
+    """
+    state = read_checkpoint(path, map_location=map_location)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(state["config"])
+    dtype = next((t.dtype for t in state["model"].values() if t.is_floating_point()), None)
+    model = model.to(device=map_location, dtype=dtype)
+    load_checkpoint(path, model=model, state=state, restore_rngs=False)
+    model.run_config = dict(state["config"])
+    return model.eval()
