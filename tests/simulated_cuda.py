@@ -24,7 +24,6 @@ asynchrony, streams or memory, and it computes exactly the CPU's values.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import threading
 from typing import Any, Callable

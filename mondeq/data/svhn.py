@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .download import download_file
-from ..errors import MissingDatasetError
+from ..errors import DatasetFileError, MissingDatasetError
 from .root import resolve_data_root
 
 __all__ = ["SVHN_FILES", "SVHN_MD5", "SVHN_URL", "download_svhn", "load_svhn"]

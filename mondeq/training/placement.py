@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceData", "device_arg"]
+__all__ = ["DeviceData"]
 
 
 class DeviceData:

@@ -16,9 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch import Tensor
 
 from ..errors import ResumeConfigError
 from .distributed import is_distributed

@@ -36,7 +36,6 @@ from torch import Tensor
 
 from splitting import Resolvent, State
 
-from ..autodiff import is_transformed
 from ..fft import irfft2_blocks, rfft2_blocks
 from .aliasing import AliasMap
 
