@@ -24,7 +24,7 @@ import torch
 from mondeq import fc_mondeq
 from mondeq.data import batches, load_mnist, normalize
 from mondeq.cli import device_arg
-from splitting import SOLVERS
+from splitting import SOLVERS, STEP_LIMITS
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         apply = timed(lambda: resolvent.solve(state))
     ms = lambda v: 1000 * statistics.median(v)  # noqa: E731
     n_fwd, n_bwd = statistics.mean(fwd_it), statistics.mean(bwd_it)
-    uses_resolvent = args.solver not in ("fb", "anderson-fb")
+    uses_resolvent = args.solver not in STEP_LIMITS
     applies = 1000 * (n_fwd + n_bwd) * apply if uses_resolvent else 0.0
     factorisation = 1000 * factor if uses_resolvent else 0.0
     step, f, b = ms(steps), ms(fwd), ms(bwd)

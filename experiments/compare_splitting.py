@@ -26,7 +26,7 @@ Everything runs on ``--device`` (default: CUDA when available, else the CPU); on
 call is synchronised before the clock stops.
 
     python experiments/compare_splitting.py --checkpoint runs/mnist_fc/checkpoint.pt --out runs/compare_fc
-    python experiments/compare_splitting.py --model conv --batch 64 --out runs/compare_conv
+    python experiments/compare_splitting.py --model conv --batch-size 64 --out runs/compare_conv
 """
 import sys
 

@@ -15,9 +15,11 @@ from splitting.errors import (ConvergenceWarning, InvalidSettingError, MonDEQErr
                               UnsupportedDerivativeError)
 
 __all__ = ["ChecksumError", "CheckpointError", "ConvergenceWarning", "DatasetFileError",
-           "DownloadError", "InvalidSettingError", "MissingDatasetError", "MonDEQError",
-           "NonAffineReadoutError", "NonFiniteInputError", "ResumeConfigError", "StateShapeError",
-           "StepSizeWarning", "UnsupportedDerivativeError"]
+           "DownloadError", "InputScaleError", "InputShapeError", "InvalidSettingError",
+           "LabelError", "MissingDatasetError", "MissingDependencyError",
+           "MonDEQError", "NonAffineReadoutError", "NonFiniteInputError", "ResumeConfigError",
+           "StateShapeError", "StepSizeWarning", "UnsupportedDerivativeError",
+           "UnsupportedExportError"]
 
 
 class NonAffineReadoutError(MonDEQError, TypeError):
@@ -56,3 +58,47 @@ class MissingDatasetError(DatasetFileError, FileNotFoundError):
 
 class DownloadError(MonDEQError, OSError):
     """No mirror could deliver a dataset file."""
+
+
+class MissingDependencyError(MonDEQError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the
+    ``pip install`` that provides it."""
+
+    def __init__(self, feature: str, package: str, extra: str | None = None) -> None:
+        hint = f"pip install {package}" + (f" (or pip install 'mondeq[{extra}]')" if extra else "")
+        super().__init__(f"{feature} needs the {package!r} package, which is not installed: {hint}")
+
+
+class InputShapeError(MonDEQError, ValueError):
+    """An input batch whose examples do not have the shape (or size) the model takes; the
+    message names the expected and the received shapes."""
+
+
+class LabelError(MonDEQError, ValueError):
+    """Labels that cannot go with a batch of inputs: not integers, not one per example, or
+    outside ``0..classes−1``."""
+
+
+class InputScaleError(MonDEQError, TypeError):
+    """An option that converted between input scales (``input_scale`` of :func:`mondeq.certify`,
+    ``mean``/``std`` of :func:`mondeq.pgd`), given after the model took ownership of its input
+    normalisation: inputs, ε and radii are now in pixel scale everywhere."""
+
+
+class UnsupportedExportError(MonDEQError, RuntimeError):
+    """``torch.jit.trace``, ``torch.jit.script`` and ``torch.export`` cannot capture a monDEQ
+    layer: the solve stops on a data-dependent test and the gradient is an implicit solve, neither
+    of which a static graph holds. The message names the capture that was tried and what to use.
+
+    Build it with :meth:`capture` (a plain constructor, so that it can be raised under
+    ``torch.export``'s strict tracing too)."""
+
+    @classmethod
+    def capture(cls, how: str) -> "UnsupportedExportError":
+        """The error for the capture ``how`` (e.g. ``"torch.jit.trace"``)."""
+        return cls(
+            f"{how} cannot capture a monDEQ layer: its equilibrium solve runs a data-dependent "
+            f"number of iterations and its gradient is an implicit solve, which a static graph "
+            f"cannot hold. Run the model eagerly (torch.compile(model) compiles everything around "
+            f"the solve, which stays one eager call), or ship the state_dict with the run's config "
+            f"and rebuild it with mondeq.build_model / mondeq.load_run for inference")

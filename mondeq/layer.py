@@ -8,13 +8,31 @@ import torch
 from torch import Tensor, nn
 
 from splitting import SOLVERS, EquilibriumStats, Prox, ReLU, State, equilibrium
-from .errors import InvalidSettingError, NonFiniteInputError
+from .errors import InvalidSettingError, NonFiniteInputError, UnsupportedExportError
 from splitting.operator import check_alpha
 
 from .parametrisation import MonotoneParametrisation
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _VALIDATED = ("solver", "nonlinearity", "alpha")
+
+
+def prox_for(module: object) -> str | None:
+    """The :mod:`splitting` prox (as code) computing the same σ as a ``torch.nn`` activation, or
+    ``None`` when there is none (``nn.Sigmoid`` → ``splitting.Sigmoid()``, ``nn.LeakyReLU(0.2)`` →
+    ``splitting.LeakyReLU(0.2)``). Activations steeper than slope 1 are no prox and map to None."""
+    simple = {nn.ReLU: "splitting.ReLU()", nn.Tanh: "splitting.Tanh()", nn.Sigmoid: "splitting.Sigmoid()"}
+    if type(module) in simple:
+        return simple[type(module)]
+    if isinstance(module, nn.LeakyReLU) and 0 <= module.negative_slope <= 1:
+        return f"splitting.LeakyReLU({module.negative_slope:g})"
+    if isinstance(module, nn.Softplus):
+        return f"splitting.Softplus({module.beta:g})"
+    if isinstance(module, nn.Hardtanh) and type(module) is nn.Hardtanh:
+        return f"splitting.HardTanh({module.min_val:g}, {module.max_val:g})"
+    if isinstance(module, nn.Softshrink):
+        return f"splitting.SoftThreshold({module.lambd:g})"
+    return None
 
 
 class MonDEQ(nn.Module):
@@ -28,8 +46,8 @@ class MonDEQ(nn.Module):
         linear: the parametrisation of U, b and W (e.g. :class:`~mondeq.operators.dense.MonotoneLinear`).
         nonlinearity: a proximal nonlinearity σ, an instance of :class:`splitting.Prox`
             (default :class:`splitting.ReLU`).
-        solver: ``"pr"``, ``"fb"``, ``"dr"``, ``"anderson-pr"``, ``"anderson-fb"`` (see
-            ``splitting.SOLVERS``) or a solver callable; may be reassigned later
+        solver: ``"pr"``, ``"fb"``, ``"dr"``, ``"anderson-pr"``, ``"anderson-fb"``, ``"fbf"``
+            (see ``splitting.SOLVERS``) or a solver callable; may be reassigned later
             (``layer.solver = "dr"``).
         alpha: splitting step size, 0 < α < ∞.
         tol: converged means every sample's true relative residual
@@ -87,11 +105,14 @@ class MonDEQ(nn.Module):
     @nonlinearity.setter
     def nonlinearity(self, nonlinearity: Prox) -> None:
         if not isinstance(nonlinearity, Prox):
+            equivalent = prox_for(nonlinearity)
+            hint = (f"use {equivalent} instead, the same σ with an exact prox" if equivalent else
+                    "subclass splitting.Prox (or splitting.ScalarProx for a nondecreasing "
+                    "1-Lipschitz σ) to add a proximal nonlinearity")
             raise TypeError(
-                f"nonlinearity must be a splitting.Prox (e.g. splitting.ReLU(), "
-                f"splitting.SoftThreshold(lam)), got {nonlinearity!r}: the splitting methods need "
-                f"prox(v, alpha) and derivative(v), not just σ(v); subclass splitting.Prox to "
-                f"add a proximal nonlinearity")
+                f"nonlinearity must be a splitting.Prox (e.g. splitting.ReLU(), splitting.Tanh()), "
+                f"got {nonlinearity!r}: the splitting methods need prox(v, alpha) and "
+                f"derivative(v), not just σ(v); {hint}")
         self._nonlinearity = nonlinearity
 
     @property
@@ -116,7 +137,12 @@ class MonDEQ(nn.Module):
                 parameters' outside autocast.
             NonFiniteInputError: the solve failed and the input or a parameter is not finite
                 (named in the message).
+            UnsupportedExportError: called under ``torch.jit.trace`` or ``torch.export``.
         """
+        if torch.jit.is_tracing():
+            raise UnsupportedExportError.capture("torch.jit.trace")
+        if torch.compiler.is_exporting():
+            raise UnsupportedExportError.capture("torch.export")
         self.check_input(x)
         z, stats = equilibrium(self.linear.operator(), self.nonlinearity, self.linear.bias(x),
                                solver=self.solver, alpha=self.alpha, tol=self.tol,
@@ -125,6 +151,10 @@ class MonDEQ(nn.Module):
         if not stats.forward.converged:
             self._raise_if_not_finite(x)
         return z, stats
+
+    def __prepare_scriptable__(self) -> "MonDEQ":
+        """``torch.jit.script`` calls this before compiling: refuse early, with a typed error."""
+        raise UnsupportedExportError.capture("torch.jit.script")
 
     def check_input(self, x: Tensor) -> None:
         """Shape, emptiness and dtype checks (no device synchronisation)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import Callable
 
 import torch
 
@@ -31,12 +32,19 @@ def max_stable_alpha(op: LinearOperator) -> float:
 
 
 def check_step_size(op: LinearOperator, alpha: float, check_step: str, *, method: str,
-                    converged: bool | None = None) -> None:
-    """Compare α with 2m/L² (one norm computation of I − W) and warn or raise as asked.
+                    converged: bool | None = None,
+                    limit: Callable[[LinearOperator], float] = max_stable_alpha,
+                    rule: str = "2m/L^2") -> None:
+    """Compare α with the method's step limit (one norm computation of I − W) and warn or raise.
 
     ``"on_failure"`` (the default of the FB methods) checks only after a solve that did not
     converge (``converged=False``), so a successful solve never pays for the norm; ``"warn"`` and
     ``"raise"`` check before the solve; ``"ignore"`` never checks.
+
+    Args:
+        limit: the method's convergent range is ``0 < alpha < limit(op)`` (FB: 2m/L²;
+            forward-backward-forward: 1/L).
+        rule: that limit as a formula, for the message.
     """
     if check_step not in ALPHA_CHECKS:
         raise InvalidSettingError(f"check_step must be one of {ALPHA_CHECKS}, got {check_step!r}")
@@ -45,20 +53,20 @@ def check_step_size(op: LinearOperator, alpha: float, check_step: str, *, method
     if not due:
         return
     try:
-        limit = max_stable_alpha(op)
+        bound = limit(op)
     except torch.linalg.LinAlgError:  # W has NaN or inf entries: no step size can help
-        limit = float("nan")
-    if not math.isfinite(limit) or limit == 0.0:
+        bound = float("nan")
+    if not math.isfinite(bound) or bound == 0.0:
         warnings.warn(f"{method} with alpha={alpha:g} did not converge and the operator W is not "
                       f"finite (a parameter is NaN or inf), so no step size can converge: if "
                       f"training produced this, the previous steps diverged; use a smaller alpha "
-                      f"(forward-backward needs alpha < 2m/L^2) or Peaceman-Rachford",
+                      f"({method} needs alpha < {rule}) or Peaceman-Rachford",
                       StepSizeWarning, stacklevel=3)
         return
-    if alpha < limit:
+    if alpha < bound:
         return
     message = (f"{method} step alpha={alpha:g} is outside the convergent range "
-               f"0 < alpha < 2m/L^2 = {limit:.4g} (m={op.m:g}, L={op.lipschitz():.4g}); "
+               f"0 < alpha < {rule} = {bound:.4g} (m={op.m:g}, L={op.lipschitz():.4g}); "
                f"use a smaller alpha or Peaceman-Rachford, which converges for any alpha")
     if check_step == "raise":
         raise InvalidSettingError(message)

@@ -282,6 +282,7 @@ def _refuse_batched(tensors, mode: str) -> None:
         raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode=mode))
 
 
+@torch.compiler.disable(recursive=True)
 def equilibrium(
     op: LinearOperator,
     prox: Prox,
@@ -312,6 +313,10 @@ def equilibrium(
         ``stats.forward.converged`` and ``stats.forward.true_residual`` describe it) carrying the
         exact implicit derivatives, and the forward (and, after ``backward()``, backward) solver
         results.
+
+    Under ``torch.compile`` this call is one opaque eager call (one deliberate graph break): the
+    solve stops on a data-dependent test and keeps Python results, so it is not traced; what the
+    layer computes before (Ux + b, the operator's pieces) and the model after it are compiled.
     """
     device_type = bias[0].device.type
     autocast_off = (torch.autocast(device_type, enabled=False)

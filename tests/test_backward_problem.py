@@ -3,7 +3,7 @@ factorisation, and equal to the gradient that ``equilibrium`` sends into the bia
 import pytest
 import torch
 
-from splitting import SOLVERS, BackwardProblem, SoftThreshold, equilibrium, max_stable_alpha, peaceman_rachford
+from splitting import SOLVERS, STEP_LIMITS, BackwardProblem, SoftThreshold, equilibrium, peaceman_rachford
 from tests.conftest import make_dense
 
 PROX = SoftThreshold(0.05)
@@ -22,7 +22,7 @@ def test_backward_solve_is_the_dense_implicit_gradient(name):
     op, bias, forward = setup()
     problem = BackwardProblem.at_solution(op, PROX, bias, forward)
     grad = (torch.randn_like(bias[0]),)
-    alpha = 0.9 * max_stable_alpha(op) if name.endswith("fb") else 0.8
+    alpha = 0.9 * STEP_LIMITS[name](op) if name in STEP_LIMITS else 0.8
     result = problem.solve(grad, solver=SOLVERS[name], alpha=alpha, tol=1e-12, max_iter=20_000)
     assert result.converged
     w = op.as_matrix()

@@ -190,17 +190,20 @@ def test_misclassified_examples_get_zero_radius(trained):
 
 def test_pixel_radius_is_normalised_radius_times_std():
     mean, std = 0.13, 0.31
-    model = fc_mondeq(10, 8, 3, m=0.5, tol=1e-10, max_iter=2_000)
+    model = fc_mondeq(10, 8, 3, m=0.5, tol=1e-10, max_iter=2_000, mean=mean, std=std)
     with torch.no_grad():
         model.head.weight.mul_(4.0)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("normalization.")}
+    bare = fc_mondeq(10, 8, 3, m=0.5, tol=1e-10, max_iter=2_000)  # fed normalised inputs
+    bare.load_state_dict(weights)
     pixels = torch.rand(200, 10)
-    y = model((pixels - mean) / std).argmax(1)
-    normalised = certify(model, (pixels - mean) / std, y)
-    in_pixels = certify(model, (pixels - mean) / std, y, input_scale=std)
+    y = model(pixels).argmax(1)
+    normalised = certify(bare, (pixels - mean) / std, y)
+    in_pixels = certify(model, pixels, y)
     torch.testing.assert_close(in_pixels.radius, std * normalised.radius)
     # the same network written on pixels: U' = U/std, b' = b − U·mean/std
     pixel_model = fc_mondeq(10, 8, 3, m=0.5, tol=1e-10, max_iter=2_000)
-    pixel_model.load_state_dict(model.state_dict())
+    pixel_model.load_state_dict(weights)
     with torch.no_grad():
         u = pixel_model.layer.linear.U
         u.bias.sub_(u.weight.sum(1) * mean / std)

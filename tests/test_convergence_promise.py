@@ -12,8 +12,8 @@ import torch
 
 from mondeq import MonDEQ, MonotoneLinear
 from mondeq.operators.conv import MonotoneConv
-from splitting import (SOLVERS, ConvergenceWarning, NonFiniteInputError, ReLU, SoftThreshold,
-                       StepSizeWarning, max_stable_alpha, peaceman_rachford)
+from splitting import (SOLVERS, STEP_LIMITS, ConvergenceWarning, NonFiniteInputError, ReLU,
+                       SoftThreshold, StepSizeWarning, max_stable_alpha, peaceman_rachford)
 from splitting.state import flatten
 from tests.conftest import make_dense
 
@@ -57,6 +57,12 @@ def direct_residual(weight, prox, bias, z):
     return torch.where(diff == 0, 0.0, diff / flat.norm(dim=1))
 
 
+def step_limit(name, op):
+    """The method's guaranteed step range 0 < α < limit (FB: 2m/L², FBF: 1/L); for the methods
+    that converge at every α, FB's limit (the grid's extra α is then FB's guaranteed one)."""
+    return STEP_LIMITS.get(name, max_stable_alpha)(op)
+
+
 @pytest.mark.parametrize("family", sorted(PROBLEMS))
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["random", "large-L"])
 @pytest.mark.parametrize("name", sorted(SOLVERS))
@@ -66,25 +72,25 @@ def test_converged_means_true_residual_below_tol(name, scale, family):
     with torch.no_grad():
         op, bias = linear.operator(), linear.bias(x)
         weight = op.as_matrix()
-    limit = max_stable_alpha(op)
+    limit = step_limit(name, op)
     converged_runs = 0
     # the multi-tier operator is slow to apply at this size: a thinner grid of the same kinds
     alphas, tols = ((1.0, 1 / 16), (1e-2, 1e-6)) if family == "multitier" else (ALPHAS, TOLS)
-    for alpha in (*alphas, limit / 2):  # the last: inside FB's guaranteed range
+    for alpha in (*alphas, limit / 2):  # the last: inside the method's (or FB's) guaranteed range
         for tol in tols:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", StepSizeWarning)
                 result = SOLVERS[name](op, prox, bias, alpha=alpha, tol=tol, max_iter=300)
             if not result.converged:
-                # slow (small α) or beyond FB's guaranteed step: the cap or divergence stopped it
-                assert result.iterations == 300 or (name.endswith("fb") and alpha >= limit), (name, alpha, tol)
+                # slow (small α) or beyond the method's guaranteed step: the cap or divergence stopped it
+                assert result.iterations == 300 or (name in STEP_LIMITS and alpha >= limit), (name, alpha, tol)
                 continue
             converged_runs += 1
             true = direct_residual(weight, prox, bias, result.z)
             assert bool((true <= tol).all()), (name, alpha, tol, float(true.max()))
             torch.testing.assert_close(result.true_residual, true, rtol=1e-6, atol=1e-12)
-    # not vacuous (FB on the hard operators cannot converge in the cap at any step size)
-    assert converged_runs >= (0 if name.endswith("fb") and scale > 1 else 2)
+    # not vacuous (FB and FBF on the hard operators cannot converge in the cap at any step size)
+    assert converged_runs >= (0 if name in STEP_LIMITS and scale > 1 else 2)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
@@ -94,7 +100,7 @@ def test_solution_equal_to_zero_is_found_exactly_and_only_then(name):
     with torch.no_grad():
         op = linear.operator()
     bias = (torch.cat([-torch.rand(2, 6), torch.randn(2, 6)]),)  # first two: σ(b) = 0
-    alpha = 0.5 * max_stable_alpha(op) if name.endswith("fb") else 1.0
+    alpha = 0.5 * STEP_LIMITS[name](op) if name in STEP_LIMITS else 1.0
     result = SOLVERS[name](op, ReLU(), bias, alpha=alpha, tol=1e-8, max_iter=5000)
     assert result.converged
     assert bool((result.z[0][:2] == 0).all())
@@ -217,7 +223,7 @@ def test_converged_means_the_returned_state_meets_tol(name, family):
     with torch.no_grad():
         op, bias = linear.operator(), linear.bias(x)
         weight = op.as_matrix()
-    limit = max_stable_alpha(op)
+    limit = step_limit(name, op)
     alphas, tols = ((1.0, 1 / 16), (1e-2, 1e-6)) if family == "multitier" else (ALPHAS, TOLS)
     converged = 0
     for mode in ("grad", "no_grad", "inference"):
@@ -234,7 +240,7 @@ def test_converged_means_the_returned_state_meets_tol(name, family):
                 true = direct_residual(weight, prox, bias, tuple(t.detach() for t in z))
                 assert bool((true <= tol).all()), (mode, alpha, tol, float(true.max()) / tol)
                 torch.testing.assert_close(stats.forward.true_residual, true, rtol=1e-6, atol=1e-12)
-    assert converged >= (0 if name.endswith("fb") else 6)
+    assert converged >= (0 if name in STEP_LIMITS else 6)
 
 
 def test_ten_to_forty_layer_returns_a_state_within_tol():

@@ -24,7 +24,7 @@ from mondeq.robustness.certification import certify
 from mondeq.operators.conv import MonotoneConv
 from mondeq.data import batches, load_mnist, normalize
 from mondeq.operators.dense import MonotoneLinear
-from splitting import SOLVERS, InvalidSettingError, ReLU, max_stable_alpha, peaceman_rachford
+from splitting import SOLVERS, STEP_LIMITS, InvalidSettingError, ReLU, peaceman_rachford
 
 _override = os.environ.get("MONDEQ_TEST_DEVICE")
 DEVICE = torch.device(_override) if _override else (torch.device("cuda") if torch.cuda.is_available()
@@ -70,9 +70,10 @@ def build(kind: str, solver: str, *, tol: float = TOL, alpha: float = 1.0):
 
 
 def stable_alpha(model, solver: str) -> float:
-    """α = 1 for the Rachford methods, half FB's step limit 2m/L² for the FB methods."""
-    if solver in ("fb", "anderson-fb"):
-        return 0.5 * max_stable_alpha(model.layer.linear.operator())
+    """α = 1 for the Rachford methods, half the step limit for the step-limited ones (FB: 2m/L²;
+    FBF: 1/L)."""
+    if solver in STEP_LIMITS:
+        return 0.5 * STEP_LIMITS[solver](model.layer.linear.operator())
     return 1.0
 
 
@@ -225,7 +226,7 @@ def test_iteration_count_on_device_equals_cpu(kind, solver):
     lagged stop flag on CUDA must not add iterations to the count)."""
     linear, x = operator_problem(kind)
     device_linear = copy.deepcopy(linear).to(DEVICE)
-    alpha = 0.5 * max_stable_alpha(linear.operator()) if solver.endswith("fb") else 1.0
+    alpha = 0.5 * STEP_LIMITS[solver](linear.operator()) if solver in STEP_LIMITS else 1.0
     results = []
     for lin, xin in ((linear, x), (device_linear, x.to(DEVICE))):
         with torch.no_grad():

@@ -240,7 +240,7 @@ def test_torchrun_main_job_two_processes_rank0_writes_results(tmp_path):
                "--train-limit", "256", "--test-limit", "101", "--batch-size", "64", "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.csv", "results.json"]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["world_size"] == 2
     assert [h["epoch"] for h in results["history"]] == [1]

@@ -8,13 +8,14 @@ from mondeq.layer import MonDEQ
 from mondeq.models import MonDEQClassifier
 from mondeq.training import train_epoch
 from mondeq.training.step_size import HALVINGS, AlphaTuner, tune_alpha
-from splitting import (SOLVERS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold, anderson,
-                       anderson_fb, douglas_rachford, equilibrium, max_stable_alpha,
-                       peaceman_rachford)
+from splitting import (SOLVERS, STEP_LIMITS, DenseOperator, InvalidSettingError, ReLU, SoftThreshold,
+                       StepSizeWarning, anderson, anderson_fb, douglas_rachford, equilibrium,
+                       forward_backward, forward_backward_forward, max_stable_alpha,
+                       max_stable_alpha_fbf, peaceman_rachford)
 from tests.conftest import dense_weight, make_dense, random_params
 
 NONLINEARITIES = [ReLU(), SoftThreshold(0.05)]
-NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb"]
+NEW_SOLVERS = ["dr", "anderson-pr", "anderson-fb", "fbf"]
 M = 0.5
 
 
@@ -26,8 +27,8 @@ def problem(scale=1.5, batch=8, n=12, m=M):
 
 
 def step_size(name, op):
-    """FB-based methods need α < 2m/L²; the rest converge for any α."""
-    return 0.9 * max_stable_alpha(op) if name.endswith("fb") else 0.8
+    """FB-based methods need α < 2m/L², FBF α < 1/L; the rest converge for any α."""
+    return 0.9 * STEP_LIMITS[name](op) if name in STEP_LIMITS else 0.8
 
 
 @pytest.mark.parametrize("name", NEW_SOLVERS)
@@ -254,7 +255,62 @@ def test_alpha_tuner_hook_sets_layer_alpha_every_n_steps():
 
 def test_douglas_rachford_is_registered_and_exported():
     assert SOLVERS["dr"] is douglas_rachford
-    assert {"fb", "pr", "dr", "anderson-pr", "anderson-fb"} <= set(SOLVERS)
+    assert {"fb", "pr", "dr", "anderson-pr", "anderson-fb", "fbf"} <= set(SOLVERS)
+
+
+# ------------------------------------------------------------ forward-backward-forward (Tseng)
+
+def test_fbf_is_registered_with_its_step_limit_one_over_L():
+    op, _ = problem()
+    assert SOLVERS["fbf"] is forward_backward_forward
+    L = float(torch.linalg.matrix_norm(torch.eye(12) - op.as_matrix(), ord=2))  # independent of op
+    assert max_stable_alpha_fbf(op) == pytest.approx(1 / L, rel=1e-12)
+    assert STEP_LIMITS["fbf"] is max_stable_alpha_fbf
+
+
+def test_fbf_converges_inside_one_over_L_where_fb_diverges():
+    """Linear problem (σ = identity): at α = 0.9/L some eigenvalue λ of I − W has |1 − αλ| > 1,
+    so FB's iteration matrix I − α(I − W) has spectral radius > 1 and FB diverges; FBF's
+    guarantee (α < 1/L) still holds and it reaches the solution of the linear system."""
+    # I − W = mI + FᵀF + (G − Gᵀ) with a dominant skew part: eigenvalues near m ± is, |s| ≫ m
+    weight = dense_weight(0.1 * torch.randn(12, 12), torch.randn(12, 12), 0.2)
+    op, bias = DenseOperator(weight, 0.2), (torch.randn(8, 12),)
+    identity = SoftThreshold(0.0)
+    a = torch.eye(12) - weight
+    alpha = 0.9 * max_stable_alpha_fbf(op)
+    assert float((1 - alpha * torch.linalg.eigvals(a)).abs().max()) > 1
+    with pytest.warns(StepSizeWarning, match="2m/L"):
+        fb = forward_backward(op, identity, bias, alpha=alpha, tol=1e-6, max_iter=2_000)
+    assert not fb.converged
+    fbf = forward_backward_forward(op, identity, bias, alpha=alpha, tol=1e-10, max_iter=20_000)
+    assert fbf.converged and fbf.resolvent is None
+    exact = torch.linalg.solve(a, bias[0].T).T  # (I − W) z = b
+    torch.testing.assert_close(fbf.z[0], exact, atol=1e-8, rtol=0)
+
+
+def test_fbf_residual_trace_is_the_exact_residual_of_the_returned_state():
+    op, bias = problem()
+    prox = SoftThreshold(0.05)
+    result = forward_backward_forward(op, prox, bias, alpha=0.5 * max_stable_alpha_fbf(op), tol=1e-7,
+                                      max_iter=5_000)
+    z = result.z[0]
+    direct = (z - prox(z @ op.as_matrix().T + bias[0])).norm(dim=1) / z.norm(dim=1)
+    assert result.converged and float(direct.max()) <= 1e-7
+    torch.testing.assert_close(result.residuals[-1], direct, rtol=1e-10, atol=0)
+    torch.testing.assert_close(result.true_residual, direct, rtol=1e-10, atol=0)
+
+
+def test_fbf_checks_its_step_against_one_over_L():
+    op, bias = problem(scale=3.0)
+    alpha = 1.5 * max_stable_alpha_fbf(op)
+    with pytest.raises(InvalidSettingError, match="1/L"):
+        forward_backward_forward(op, ReLU(), bias, alpha=alpha, check_step="raise")
+    with pytest.warns(StepSizeWarning, match="1/L"):  # default: checked after a failed solve
+        forward_backward_forward(op, ReLU(), bias, alpha=10 * alpha, tol=1e-8, max_iter=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StepSizeWarning)  # inside the range: never warned
+        forward_backward_forward(op, ReLU(), bias, alpha=0.5 * alpha, tol=1e-8, max_iter=5,
+                                 check_step="warn")
 
 
 # ------------------------------------------------------------------- the comparison experiment

@@ -44,8 +44,10 @@ def test_pixel_scale_uses_the_smallest_channel_std(train, data_root, tmp_path, c
     train.main(["--dataset", "cifar10", "--data-root", str(data_root), "--epochs", "1", *FAST,
                 "--out", str(tmp_path)])
     final = json.loads((tmp_path / "results.json").read_text())["final"]
-    pixel = final["lipschitz"] / min(DATASETS["cifar10"].std)
-    assert f"{pixel:.3f} (pixel scale)" in capsys.readouterr().out
+    pixel = final["lipschitz"]  # the reported bound is in pixel scale: ‖U‖₂/m / min σ
+    out = capsys.readouterr().out
+    assert f"{pixel:.3f} (pixel scale" in out
+    assert f"{pixel * min(DATASETS['cifar10'].std):.3f} (‖U‖₂/m, normalised input)" in out
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -61,8 +61,12 @@ def test_build_model_is_the_constructors_with_the_configs_settings():
     torch.manual_seed(0)
     built = build_model({"model": "conv", "dataset": "svhn", "channels": [4], "alpha": 0.5})
     torch.manual_seed(0)
-    direct = mondeq.single_conv_mondeq(3, 32, 4, 10, alpha=0.5)
+    from mondeq.data import DATASETS
+
+    svhn = DATASETS["svhn"]  # the dataset's input normalisation comes with the model
+    direct = mondeq.single_conv_mondeq(3, 32, 4, 10, alpha=0.5, mean=svhn.mean, std=svhn.std)
     assert built.layer.alpha == 0.5
+    assert list(built.state_dict()) == list(direct.state_dict())
     for (name, a), (_, b) in zip(built.state_dict().items(), direct.state_dict().items()):
         assert torch.equal(a, b), name
 

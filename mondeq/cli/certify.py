@@ -1,5 +1,5 @@
-"""The certify command: sound certified ℓ2 accuracy of a trained MNIST monDEQ against PGD robust
-accuracy (``experiments/certify.py``; its docstring describes the outputs).
+"""The certify command: sound certified ℓ2 accuracy of a trained monDEQ (any model and dataset the
+trainer makes) against PGD robust accuracy, both in pixel scale (``experiments/certify.py``; its docstring describes the outputs).
 
 Every test equilibrium is re-solved at a tight tolerance, certified radii are margins minus the
 solver slack, and PGD points inside a certified radius that the tightly solved model misclassifies
@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ..data import MNIST_MEAN, MNIST_STD, load_mnist, normalize
+from ..data import load_dataset, load_mnist, mnist_root
 from ..layer import solver_settings
-from ..models import MODELS, build_model
+from ..models import load_run
 from ..robustness import pgd
 from ..robustness.certification import certify
 from ..training import read_checkpoint
-from .options import device_arg, positive_float, positive_int
+from .options import checkpoint_file, default_device, device_arg, hidden_alias, positive_float, positive_int
 from .plots import plot_certified
 
-DESCRIPTION = "Certify a trained monDEQ: sound certified ℓ2 accuracy against PGD robust accuracy on MNIST."
+DESCRIPTION = ("Certify a trained monDEQ: sound certified ℓ2 accuracy against PGD robust accuracy on its "
+               "dataset's test set, radii in pixel scale.")
 EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
 
 
@@ -32,9 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the certify command's options (``experiments/certify.py --help``)."""
     p = argparse.ArgumentParser(description=DESCRIPTION,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run", type=Path, help="the main job's --out folder, or a checkpoint.pt")
-    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
-                   help="ℓ2 radii in pixel scale [0, 1]")
+    p.add_argument("run", type=Path, help="a run of mondeq train: its --out folder or its checkpoint.pt")
+    p.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS),
+                   help="ℓ2 radii in pixel scale [0, 1], each > 0")
     p.add_argument("--tol", type=positive_float, default=1e-6,
                    help="re-solve at this tolerance before certifying (the trained tolerance is "
                         "also reported, to show the slack it costs)")
@@ -48,16 +49,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restarts", type=positive_int, default=2, help="PGD restarts (the first from x)")
     p.add_argument("--batch-size", type=positive_int, default=1000)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
-    p.add_argument("--data", type=Path, default=None, help="MNIST folder")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then "
+                        "~/.cache/mondeq)")
+    hidden_alias(p, "--data", dest="data_root", type=Path)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model, the data and the attack's generator live")
+    p.add_argument("--device", type=device_arg, default=default_device(),
+                   help="where the model, the data and the attack's generator live (default: cuda when "
+                        "available)")
     return p.parse_args(argv)
+
+
+def mnist_folder(root: Path | None) -> Path:
+    """MNIST's folder under the data root ``root`` (the data-root rule when None); a folder that
+    itself holds the MNIST files (what the former ``--data`` named) is taken as it is."""
+    if root is not None and any(root.glob("t10k-images*")):
+        return root
+    return mnist_root(root)
 
 
 def load_model(path: Path, dtype: torch.dtype,
                device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The MNIST classifier a training run saved, with its tuned α, in eval mode.
+    """The classifier a training run saved (:func:`mondeq.load_run`: any model and dataset, with
+    its input normalisation and tuned α), in eval mode.
 
     Args:
         path: the run folder, or its ``checkpoint.pt``.
@@ -69,21 +83,12 @@ def load_model(path: Path, dtype: torch.dtype,
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: the checkpoint's model is not in the registry, or was not trained on MNIST.
+        CheckpointError: an unreadable checkpoint, or weights that do not fit its config.
+        InvalidSettingError: a config naming an unknown model or dataset.
     """
-    checkpoint = path / "checkpoint.pt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}; run experiments/train.py --out {path} first")
+    checkpoint = checkpoint_file(path)
     state = read_checkpoint(checkpoint, map_location=device)
-    config = {"dataset": "mnist", **state["config"]}
-    if config["model"] not in MODELS:
-        raise ValueError(f"checkpoint model {config['model']!r} is not in the registry {sorted(MODELS)}")
-    if config["dataset"] != "mnist":
-        raise ValueError(f"this program certifies MNIST models; the checkpoint was trained on {config['dataset']!r}")
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    if state.get("alpha") is not None:  # the tuned step size the run ended with
-        model.layer.alpha = float(state["alpha"])
+    model = load_run(checkpoint, map_location=device)
     return model.to(device=device, dtype=dtype).eval(), state
 
 
@@ -103,24 +108,26 @@ def main(argv: list[str] | None = None) -> dict:
     model, state = load_model(args.run, dtype, device)
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
     out.mkdir(parents=True, exist_ok=True)
-    pixels, labels = load_mnist(args.data, train=False)
-    pixels = pixels[: args.test_limit].to(device=device, dtype=dtype)
+    dataset = state["config"].get("dataset") or "mnist"
+    x, labels = (load_mnist(mnist_folder(args.data_root), train=False) if dataset == "mnist"
+                 else load_dataset(dataset, args.data_root, train=False))
+    x = x[: args.test_limit].to(device=device, dtype=dtype)  # pixels: the model normalises them
     labels = labels[: args.test_limit].to(device)
-    x = normalize(pixels)
     eps_list = sorted(args.epsilons)
     layer = model.layer
     print(f"{state['config']['model']} monDEQ from {args.run} (epoch {state['epoch']}), "
           f"{len(x)} test images, {args.dtype}, on {device}")
 
     start = time.perf_counter()
-    loose = certify(model, x, labels, epsilons=eps_list, input_scale=MNIST_STD, batch_size=args.batch_size)
+    loose = certify(model, x, labels, epsilons=eps_list, batch_size=args.batch_size)
     loose_time = time.perf_counter() - start
     start = time.perf_counter()
-    tight = certify(model, x, labels, epsilons=eps_list, input_scale=MNIST_STD, tol=args.tol,
+    tight = certify(model, x, labels, epsilons=eps_list, tol=args.tol,
                     max_iter=args.max_iter, batch_size=args.batch_size)
     tight_time = time.perf_counter() - start
     clean = float(tight.correct.double().mean())
-    print(f"Lipschitz bound ‖U‖₂/m = {tight.lipschitz:.4f} (normalised), {tight.lipschitz / MNIST_STD:.4f} (pixel)")
+    print(f"Lipschitz bound {tight.lipschitz:.4f} (pixel scale: ‖U‖₂/m / min σ), "
+          f"{tight.lipschitz * tight.pixel_scale:.4f} (‖U‖₂/m, normalised input)")
     for name, cert, secs, tol in (("trained", loose, loose_time, layer.tol), ("tight", tight, tight_time, args.tol)):
         print(f"solve at tol {tol:g} ({name}): {cert.forward_iterations:.0f} iterations, {secs:.1f} s; "
               f"‖ẑ − z*‖ ≤ {float(cert.state_error.mean()):.3g} (mean), radius slack "
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_attack = len(x) if args.attack_limit is None else min(args.attack_limit, len(x))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     attack = dict(norm="l2", steps=args.steps, restarts=args.restarts, bounds=(0.0, 1.0),
-                  mean=MNIST_MEAN, std=MNIST_STD, generator=generator)
+                  generator=generator)
     robust_mask = tight.correct[:n_attack].clone()
     radius = tight.radius[:n_attack]
     robust, counterexamples, checked = {}, 0, 0
@@ -145,9 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
         idx = robust_mask.nonzero().squeeze(1)
         for s in range(0, len(idx), args.batch_size):
             chunk = idx[s:s + args.batch_size]
-            result = pgd(model, pixels[chunk], labels[chunk], eps, **attack)
+            result = pgd(model, x[chunk], labels[chunk], eps, **attack)
             with torch.no_grad(), solver_settings(layer, tol=args.tol, max_iter=args.max_iter):
-                broken = model(normalize(result.x_adv)).argmax(1) != labels[chunk]
+                broken = model(result.x_adv).argmax(1) != labels[chunk]
             robust_mask[chunk[broken]] = False
             certified = radius[chunk] > eps
             counterexamples += (broken & certified).sum()  # summed on the device, read once
@@ -180,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "certify.json").write_text(json.dumps(report, indent=2))
     plot_certified(out / "certify.png", {f"certified (tol {args.tol:g})": tight.radius,
                                          f"certified (tol {layer.tol:g})": loose.radius},
-                   clean, robust, f"{state['config']['model']} monDEQ, {Path(args.run).name}")
+                   clean, robust, f"{state['config']['model']} monDEQ, {Path(args.run).name}",
+                   pgd_images=n_attack)
     print(f"wrote {out / 'certify.json'}, {out / 'certify.png'}")
     return report
 

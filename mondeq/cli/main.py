@@ -5,14 +5,21 @@
     mondeq compare [options]      every splitting method × α: iterations and time to a residual
     mondeq spectrum [options]     eigenvalues of Peaceman-Rachford's linearised map
     mondeq reproduce [options]    the paper's Table 1, row by row
+    mondeq device-check [options] check a lent GPU: the CUDA tests, step and epoch times
 
-``python -m mondeq ...`` is the same command. Each subcommand's options are those of the
-matching program in ``experiments/`` (``mondeq train --help``).
+``python -m mondeq ...`` is the same command, and ``pip install .`` installs it as the console
+script ``mondeq`` (setup.cfg's ``console_scripts``). Each subcommand's options are those of the
+matching program in ``experiments/`` (``mondeq train --help``), in one vocabulary: ``--batch-size``,
+``--data-root``, ``--device`` (cuda when available, else cpu), and a run given as its folder or its
+``checkpoint.pt``. A mistake ends in one ``error: ...`` line on stderr: status 2 for a bad option,
+1 for a bad file or a failed run.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from ..errors import MissingDatasetError, MonDEQError
 
 SUBCOMMANDS = {
     "train": ("mondeq.cli.train", "train a monDEQ classifier and report accuracy, iterations and certificates"),
@@ -20,6 +27,7 @@ SUBCOMMANDS = {
     "compare": ("mondeq.cli.compare", "compare the splitting methods on a trained model"),
     "spectrum": ("mondeq.cli.compare.spectrum", "eigenvalues of Peaceman-Rachford's linearised map"),
     "reproduce": ("mondeq.cli.reproduce", "the paper's Table 1, row by row"),
+    "device-check": ("mondeq.cli.device_check", "check a lent GPU in ≤ 8 minutes: CUDA tests, step and epoch times"),
 }
 
 
@@ -32,7 +40,12 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a subcommand's ``main(argv)``; returns the exit status."""
+    """Dispatch to a subcommand's ``run(argv)`` (or ``main(argv)``); returns the exit status.
+
+    Errors a user can fix are reported as one ``error: ...`` line on stderr, without a traceback:
+    a bad option exits with status 2 (argparse's own convention), a bad file or a failed run
+    (any :class:`mondeq.errors.MonDEQError`, a missing or unreadable file) with status 1.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -43,5 +56,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sys.argv = [f"mondeq {name}", *rest]  # argparse names the program in its messages
-    status = module.run(rest) if hasattr(module, "run") else module.main(rest)
+    try:
+        status = module.run(rest) if hasattr(module, "run") else module.main(rest)
+    except SystemExit as exit_:  # argparse (status 2) or a command's own `sys.exit("error: ...")`
+        if isinstance(exit_.code, str):
+            text = one_line(exit_.code)
+            print(text if text.startswith("error:") else f"error: {text}", file=sys.stderr)
+            return 1
+        return 0 if exit_.code is None else int(exit_.code)
+    except (MonDEQError, OSError) as err:  # OSError: a missing, unreadable or misplaced file
+        print(f"error: {error_text(err)}", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0
+
+
+def error_text(err: BaseException) -> str:
+    """One line for a user: the error's message, with its strerror and file for an OSError, and
+    for a missing dataset how to point the command at the data."""
+    if isinstance(err, MissingDatasetError):
+        return (f"{one_line(str(err))}. Point the command at the folder holding mnist/, cifar10/, svhn/ "
+                f"with --data-root FOLDER or the environment variable $MONDEQ_DATA (an installed "
+                f"package does not see a checkout's data/)")
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.strerror}: {err.filename}"
+    return one_line(str(err)) or type(err).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines, tabs) made one space."""
+    return " ".join(text.split())
+
+
+def command_error(err: BaseException) -> int:
+    """Print ``err`` as one ``error: ...`` line on stderr and return exit status 1 (a command's
+    ``run`` calls this for the errors it catches itself)."""
+    print(f"error: {error_text(err)}", file=sys.stderr)
+    return 1

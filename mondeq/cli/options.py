@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -37,3 +38,30 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
+
+
+def default_device() -> str:
+    """The one ``--device`` default of every command: cuda when available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def hidden_alias(parser: argparse.ArgumentParser, old: str, *, dest: str, **kwargs) -> None:
+    """Accept ``old`` (a former spelling, e.g. ``--batch``) for the option stored in ``dest``,
+    without listing it in ``--help``; ``kwargs`` are the option's own (its ``type``, ``nargs``)."""
+    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a RUN names: ``path`` itself, or ``path/checkpoint.pt`` for a run folder.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without ``checkpoint.pt`` (the message says
+            how to make one).
+    """
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        where = f"{path} holds no checkpoint.pt" if path.is_dir() else f"no checkpoint at {path}"
+        raise FileNotFoundError(f"{where}; give a run folder (mondeq train --out FOLDER) or its "
+                                "checkpoint.pt")
+    return file

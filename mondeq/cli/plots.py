@@ -19,6 +19,18 @@ def _pyplot():
     return plt
 
 
+#: The ε axis: radii are ℓ2 norms of a perturbation of the [0, 1] pixels, across all channels.
+EPS_LABEL = "ℓ2 radius ε (pixel scale: images in [0, 1])"
+#: Accuracy axes in %: a margin so a line at 0 % or 100 % is not hidden by the frame.
+ACCURACY_LIMITS = (-3, 103)
+
+
+def _integer_ticks(ax) -> None:
+    """Ticks only at whole numbers (epochs: no 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     """Training loss, test accuracy (clean and certified) and mean solver iterations per epoch.
 
@@ -33,8 +45,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[0].set(title="training loss", xlabel="epoch", yscale="log")
     axes[1].plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", label="clean")
     for eps in history[-1]["certified"]:
-        axes[1].plot(epochs, [100 * h["certified"][eps] for h in history], marker=".", label=f"certified ε={eps}")
-    axes[1].set(title="test accuracy (%)", xlabel="epoch")
+        axes[1].plot(epochs, [100 * h["certified"][eps] for h in history], marker=".",
+                     label=f"certified, ℓ2 ε={eps} (pixel)")
+    axes[1].set(title="test accuracy (%)", xlabel="epoch", ylim=ACCURACY_LIMITS)
     axes[1].legend(fontsize=7)
     axes[2].plot(epochs, [h["forward_iterations"] for h in history], marker="o", label="forward")
     axes[2].plot(epochs, [h["backward_iterations"] for h in history], marker="o", label="backward")
@@ -42,13 +55,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
+        _integer_ticks(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_certified(path: Path, radii: dict[str, torch.Tensor], clean: float, pgd_acc: dict[float, float],
-                   title: str) -> None:
+                   title: str, *, pgd_images: int | None = None) -> None:
     """Certified accuracy against ε for each set of radii, with PGD robust accuracy above it.
 
     Args:
@@ -57,6 +71,8 @@ def plot_certified(path: Path, radii: dict[str, torch.Tensor], clean: float, pgd
         clean: clean test accuracy (a horizontal line).
         pgd_acc: ε → PGD robust accuracy (an upper bound on the certified accuracy).
         title: the figure's title.
+        pgd_images: how many images PGD attacked (the first ones), when fewer than were certified:
+            the legend then says so, since the two curves are then measured on different sets.
     """
     plt = _pyplot()
     radii = {label: r.detach().cpu() for label, r in radii.items()}
@@ -67,9 +83,14 @@ def plot_certified(path: Path, radii: dict[str, torch.Tensor], clean: float, pgd
         acc = [(100 * (r > e).double().mean()).item() for e in grid]
         ax.plot(grid, acc, style, label=label)
     eps = sorted(pgd_acc)
-    ax.plot(eps, [100 * pgd_acc[e] for e in eps], "o-", label="PGD robust (upper bound)")
-    ax.axhline(100 * clean, color="gray", lw=0.8, ls=":", label="clean")
-    ax.set(xlabel="ℓ2 radius ε (pixel scale)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    certified_images = len(next(iter(radii.values()))) if radii else None
+    pgd_label = "PGD robust (upper bound)"
+    if pgd_images is not None and certified_images is not None and pgd_images != certified_images:
+        pgd_label = (f"PGD robust (upper bound), first {pgd_images} images;\n"
+                     f"certified and clean: all {certified_images}")
+    ax.plot(eps, [100 * pgd_acc[e] for e in eps], "o-", label=pgd_label)
+    ax.axhline(100 * clean, color="gray", lw=1.2, ls=":", label="clean", zorder=3)
+    ax.set(xlabel=EPS_LABEL, ylabel="test accuracy (%)", title=title, ylim=ACCURACY_LIMITS)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -10,24 +10,29 @@ line and sets up and tears down the process group around :func:`execute`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 
 import torch
 
-from ..data import DATASETS, Augmentation, load_dataset, normalize_dataset
-from ..errors import CheckpointError
+from splitting import STEP_LIMITS
+from ..data import DATASETS, Augmentation, load_dataset
+from ..errors import CheckpointError, MissingDependencyError, NonFiniteInputError
 from ..models import build_model
 from ..robustness import LipschitzMarginLoss
 from ..training import (DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint,
                         train_epoch)
 from ..training.data_order import epoch_order
+from ..training.logs import EpochLog, tensorboard_available
 from ..training.distributed import (DistInfo, broadcast_object, rank_batches, setup, shard, teardown,
                                     wrap_model)
 from ..training.resume import gather_objects, plain
 from ..training.schedules import make_schedule
-from ..training.step_size import AlphaTuner
+from ..training.step_size import STEP_RULES, AlphaTuner, StableStep
+from .main import error_text
 from .plots import plot_curves
 from .train_options import MODELS, TIGHT_TOL, parse_args, resume_config
 
@@ -35,17 +40,15 @@ __all__ = ["MODELS", "Run", "execute", "load_data", "main", "report", "run"]
 
 
 def load_data(args: argparse.Namespace, info: DistInfo, device: torch.device):
-    """Training and this rank's test shard, placed on the device; the train set stays in pixel
-    scale with --augment (crops pad with black, as torchvision's do, then normalise per batch)."""
+    """Training and this rank's test shard, placed on the device, in pixel scale: the model owns
+    its normalisation (with --augment, crops pad with black pixels, as torchvision's do)."""
     x_train, y_train = load_dataset(args.dataset, args.data_root, train=True)
     x_test, y_test = load_dataset(args.dataset, args.data_root, train=False)
     x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
-    if not args.augment:
-        x_train = normalize_dataset(x_train, args.dataset)
     mine = shard(len(x_test), info)
     return (DeviceData(x_train, y_train, device),
-            DeviceData(normalize_dataset(x_test[mine], args.dataset), y_test[mine], device), len(x_test))
+            DeviceData(x_test[mine], y_test[mine], device), len(x_test))
 
 
 class Run:
@@ -53,7 +56,6 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, info: DistInfo, device: torch.device) -> None:
         self.args, self.info, self.device = args, info, device
-        spec = DATASETS[args.dataset]
         torch.manual_seed(args.seed)
         self.model = build_model(vars(args)).to(device=device, dtype=torch.float32)
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -64,16 +66,20 @@ class Run:
         milestones = [e * self.steps for e in args.milestones] if args.milestones else None
         self.scheduler = make_schedule(args.schedule, self.optimizer, total_steps=total, lr=args.lr,
                                        milestones=milestones, gamma=args.gamma)
-        self.pixel_scale = min(spec.std)  # sound: a pixel δ is at most δ/min std in every channel
         self.loss_fn = None
-        if args.certified_eps > 0:  # radii in pixel scale → the model's normalised scale
-            self.loss_fn = LipschitzMarginLoss(self.model, args.certified_eps / self.pixel_scale,
+        if args.certified_eps > 0:  # a pixel-scale radius, as the model's inputs
+            self.loss_fn = LipschitzMarginLoss(self.model, args.certified_eps,
                                                warmup_steps=round(args.certified_warmup * total),
                                                ramp_steps=round(args.certified_ramp * total),
                                                lipschitz_penalty=args.lipschitz_penalty,
                                                lipschitz_target=args.lipschitz_target,
                                                power_iterations=args.power_iterations)
         self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
+        # FB without --alpha: α = 0.9·2m/L² from the current W before every step (and evaluation)
+        self.step_rule = (StableStep(limit=STEP_LIMITS[args.solver])
+                          if getattr(args, "auto_alpha", False) else None)
+        if self.step_rule is not None:
+            self.step_rule.apply(self.model)
         self.history: list[dict] = []
         self.first_epoch = 1
         self.partial: dict | None = None  # where a checkpoint taken inside an epoch stood
@@ -99,7 +105,7 @@ class Run:
         """Every rank loads the same checkpoint state (read by rank 0 and broadcast)."""
         load_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, state=state)
-        self.history, self.first_epoch = state["history"], state["epoch"] + 1
+        self.history, self.first_epoch = list(state["history"]), int(state["epoch"]) + 1
         extra = state.get("extra", {})
         self.partial = extra.get("partial")
         if self.partial is not None and len(self.partial["ranks"]) != self.info.world_size:
@@ -131,7 +137,7 @@ class Run:
 
         return train_epoch(model, self.optimizer, self.epoch_batches(epoch, skip), steps=self.steps,
                            scheduler=self.scheduler, desc=f"epoch {epoch}/{args.epochs}",
-                           loss_fn=self.loss_fn, on_batch=self.tuner, amp=args.amp,
+                           loss_fn=self.loss_fn, on_batch=self.tuner or self.step_rule, amp=args.amp,
                            progress=self.info.is_main, sums=sums,
                            after_step=after_step if args.checkpoint_every else None)
 
@@ -146,7 +152,7 @@ class Run:
             yield from self.train_data.batches(steps)
             return
         for x, y in self.train_data.batches(steps):
-            yield normalize_dataset(self.augment(x), args.dataset), y
+            yield self.augment(x), y
 
     def test_batches(self):
         """This rank's test shard in batches of 1000."""
@@ -178,6 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def damaged_checkpoint(path):
+    """Report a checkpoint whose contents do not fit this run (a missing key, a tensor of the
+    wrong shape, a value of the wrong type) as a :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} is damaged or was written by another program: "
+                              f"{type(err).__name__} {str(err).splitlines()[0] if str(err) else ''} while "
+                              "restoring it; delete it to start over, or point --out at another run") from err
+
+
 def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> dict:
     """Train (or finish training) the run ``args`` describes on this process's ``device``."""
     say = print if info.is_main else (lambda *a, **k: None)
@@ -185,10 +203,15 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
     if args.resume:
         checkpoint = args.out / "checkpoint.pt"
         state = broadcast_object(read_checkpoint(checkpoint) if info.is_main else None)
-        args = resume_config(args, state["config"], checkpoint)
+        with damaged_checkpoint(checkpoint):
+            args = resume_config(args, state["config"], checkpoint)
+    if getattr(args, "tensorboard", False):
+        tensorboard_available()  # every rank: a missing package must not leave the others waiting;
+        # checked before the data are loaded
     run = Run(args, info, device)
     if state is not None:
-        run.restore(state)
+        with damaged_checkpoint(run.checkpoint):
+            run.restore(state)
         inside = (f", step {run.partial['step']} of epoch {run.partial['epoch']}"
                   if run.partial is not None else "")
         say(f"resumed from {run.checkpoint} after epoch {state['epoch']}{inside}")
@@ -198,15 +221,33 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
         say(f"nothing to do: checkpoint already at epoch {run.first_epoch - 1} of {args.epochs}")
         return {}
     model = wrap_model(run.model, info, device)
-    say(f"{args.dataset} {args.model} monDEQ, {run.n_params} parameters, {args.solver.upper()} α={args.alpha:g} "
+    alpha = (f"α=0.9·{STEP_RULES[args.solver]} (now {run.model.layer.alpha:.3g})" if run.step_rule is not None
+             else f"α={args.alpha:g}")
+    say(f"{args.dataset} {args.model} monDEQ, {run.n_params} parameters, {args.solver.upper()} {alpha} "
         f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}"
         f"{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()
+    log = (EpochLog(args.out, tensorboard=getattr(args, "tensorboard", False), first_epoch=run.first_epoch)
+           if info.is_main else None)
+    try:
+        train_epochs(run, model, log, wall, say)
+    finally:
+        if log is not None:
+            log.close()
+    return report(run, time.perf_counter() - wall, say)
+
+
+def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: float, say) -> None:
+    """The epoch loop: after each epoch, checkpoint, then (rank 0, ``log`` given) rewrite
+    ``metrics.csv`` and ``results.json`` from the history, so a killed run keeps both."""
+    args = run.args
     for epoch in range(run.first_epoch, args.epochs + 1):
         started = time.perf_counter()
         stats = run.train(model, epoch)
         epoch_time = time.perf_counter() - started
-        ev = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale,
+        if run.step_rule is not None:  # the α of the W the epoch ended with
+            run.step_rule.apply(run.model)
+        ev = evaluate(run.model, run.test_batches(),
                       certify_tol=args.certify_tol, epsilons=args.epsilons)
         run.history.append({
             "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
@@ -215,15 +256,44 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
             "step_time_ms": 1000 * stats.step_time, "epoch_time_s": epoch_time,
             "images_per_s": stats.samples / epoch_time, "lipschitz": ev.lipschitz,
             "certified": {str(k): v for k, v in ev.certified.items()}, "certificate_slack": ev.mean_slack,
-            "train_eps": run.loss_fn.current_eps() * run.pixel_scale if run.loss_fn is not None else 0.0,
-            "alpha": run.model.layer.alpha,
+            "train_eps": run.loss_fn.current_eps() if run.loss_fn is not None else 0.0,
+            "alpha": run.model.layer.alpha, "forward_failed": stats.forward_failed,
+            "backward_failed": stats.backward_failed, "test_failed": ev.failed,
         })
         say(f"epoch {epoch}: loss {stats.loss:.4f}  test acc {100 * ev.accuracy:.2f}%  "
             f"iterations fwd {stats.forward_iterations:.1f} bwd {stats.backward_iterations:.1f}  "
-            f"step {1000 * stats.step_time:.2f} ms  Lipschitz ‖U‖₂/m {ev.lipschitz:.2f}  certified "
+            f"step {1000 * stats.step_time:.2f} ms  Lipschitz ‖U‖₂/(m·σ) {ev.lipschitz:.2f}  certified "
             + " ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in ev.certified.items()), flush=True)
+        if stats.forward_failed or stats.backward_failed or ev.failed:
+            say(f"warning: epoch {epoch}: {failed_solves(stats.forward_failed, stats.backward_failed, ev.failed)} "
+                f"did not reach --tol {args.tol:g} within --max-iter {args.max_iter}; raise --max-iter"
+                + (f", or omit --alpha ({args.solver} then keeps α < {STEP_RULES[args.solver]})"
+                   if args.solver in STEP_LIMITS and run.step_rule is None else
+                   ", loosen --tol or use --tune-alpha-every"), flush=True)
         run.save(epoch)
-    return report(run, time.perf_counter() - wall, say)
+        if log is not None:
+            log.write(run.history)
+            write_results(run, results_so_far(run, time.perf_counter() - wall, complete=False))
+
+
+def results_so_far(run: Run, train_wall: float, *, complete: bool) -> dict:
+    """The ``results.json`` report of the epochs done: ``final`` is the last of them and
+    ``complete`` says whether the run has finished (with its tight certification, if any)."""
+    return {"config": run.config, "parameters": run.n_params, "history": run.history,
+            "final": run.history[-1], "train_wall_time_s": train_wall, "complete": complete}
+
+
+def write_results(run: Run, result: dict) -> None:
+    """Write ``results.json`` atomically (a crash mid-write keeps the previous report)."""
+    path = run.args.out / "results.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
+def failed_solves(forward: int, backward: int, test: int) -> str:
+    """The count of unconverged solves in words, e.g. ``2 forward, 0 backward (train), 1 (test) solves``."""
+    return f"{forward} forward, {backward} backward (train), {test} forward (test) solves"
 
 
 def report(run: Run, train_wall: float, say) -> dict:
@@ -233,24 +303,26 @@ def report(run: Run, train_wall: float, say) -> dict:
     ``TIGHT_TOL``, so the reported certificates pay almost no solver-error slack.
     """
     args, final = run.args, run.history[-1]
-    result = {"config": run.config, "parameters": run.n_params, "history": run.history, "final": final,
-              "train_wall_time_s": train_wall}
+    result = results_so_far(run, train_wall, complete=True)
     if args.certify_tol is None:
         # One more certification with every equilibrium re-solved tightly: the slack (the radius
         # the solver error costs) then all but vanishes. Per-epoch figures keep the cheaper --tol.
-        tight = evaluate(run.model, run.test_batches(), input_scale=run.pixel_scale, certify_tol=TIGHT_TOL,
+        tight = evaluate(run.model, run.test_batches(), certify_tol=TIGHT_TOL,
                          epsilons=args.epsilons)
         result["certified_tight"] = {"tol": TIGHT_TOL, "slack": tight.mean_slack,
                                      "certified": {str(k): v for k, v in tight.certified.items()}}
     if run.info.is_main:
-        (args.out / "results.json").write_text(json.dumps(result, indent=2))
+        write_results(run, result)
         plot_curves(run.history, args.out / "curves.png")
     say("\nfinal report")
     say(f"  test accuracy            {100 * final['test_accuracy']:.2f}%")
     say(f"  solver iterations        forward {final['forward_iterations']:.1f}, backward "
         f"{final['backward_iterations']:.1f} (train), forward {final['test_forward_iterations']:.1f} (test)")
-    say(f"  Lipschitz bound ‖U‖₂/m   {final['lipschitz']:.3f} (normalised input), "
-        f"{final['lipschitz'] / run.pixel_scale:.3f} (pixel scale)")
+    failed = [sum(e.get(k, 0) for e in run.history) for k in ("forward_failed", "backward_failed", "test_failed")]
+    say(f"  failed solves            {failed[0]} forward, {failed[1]} backward (train, all epochs); "
+        f"{failed[2]} forward (test, all epochs): not converged to --tol {args.tol:g}")
+    say(f"  Lipschitz bound          {final['lipschitz']:.3f} (pixel scale: ‖U‖₂/m / min σ), "
+        f"{final['lipschitz'] * run.model.pixel_scale:.3f} (‖U‖₂/m, normalised input)")
     solve_tol = args.tol if args.certify_tol is None else args.certify_tol
     say("  certified ℓ2 accuracy    " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in final["certified"].items())
         + f" (sound; solve at tol {solve_tol:g}: radii pay {final['certificate_slack']:.2g} pixel on average "
@@ -264,7 +336,8 @@ def report(run: Run, train_wall: float, say) -> dict:
                 f"`python experiments/certify.py {args.out} --dtype float64 --tol 1e-9` certifies with "
                 f"a float64 solve at tol 1e-9")
     say(f"  training wall time       {train_wall:.1f} s")
-    say(f"  wrote {args.out / 'results.json'}, {args.out / 'curves.png'}, {run.checkpoint}")
+    say(f"  wrote {args.out / 'results.json'}, {args.out / 'metrics.csv'}, {args.out / 'curves.png'}, "
+        f"{run.checkpoint}" + (f", {args.out / 'tensorboard'}/" if getattr(args, "tensorboard", False) else ""))
     return result
 
 
@@ -273,8 +346,23 @@ def run(argv: list[str] | None = None) -> int:
     checkpoint reported in one line instead of a traceback."""
     try:
         return 0 if main(argv) is not None else 1
-    except (FileNotFoundError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
+    except (FileNotFoundError, CheckpointError, MissingDependencyError) as err:
+        sys.exit(f"error: {error_text(err)}")
+    except NonFiniteInputError:
+        sys.exit(f"error: training diverged: {diverged_hint(argv)}")
+
+
+def diverged_hint(argv: list[str] | None) -> str:
+    """What to change after the parameters became NaN/inf (``argv``: the command line)."""
+    args = parse_args(argv)
+    if args.solver in STEP_LIMITS and not getattr(args, "auto_alpha", False):
+        rule = STEP_RULES[args.solver]
+        return (f"the parameters became NaN/inf because the {args.solver} solves diverged at "
+                f"--alpha {args.alpha:g} ({args.solver} needs α < {rule}, L = ‖I − W‖₂): omit --alpha "
+                f"(α then follows 0.9·{rule} of the current W), or use --solver pr, which converges "
+                "for every α")
+    return (f"the parameters became NaN/inf (the solves diverged after an unstable update): lower "
+            f"--lr (now {args.lr:g}) or raise --m (now {args.m:g})")
 
 
 if __name__ == "__main__":  # python -m mondeq.cli.train: the same program as experiments/train.py

@@ -13,6 +13,7 @@ from ..errors import ResumeConfigError
 from ..models import MODELS
 from ..training.resume import explicit_options, merge_saved_config
 from ..training.schedules import SCHEDULES
+from ..training.step_size import FB_SOLVERS, STABLE_FRACTION
 from .options import device_arg
 
 DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver "
@@ -25,7 +26,8 @@ true relative residual near 1e-6 at best (round-off), so 1e-6 would sometimes ne
 1e-5 is, and its slack (a few 1e-5 pixel) is still negligible next to the radii."""
 CERTIFIED_EPOCHS = 30
 """Default epochs with --certified-eps: Lipschitz-margin training converges slowly."""
-MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "checkpoint_every", "amp"}
+MAY_CHANGE_ON_RESUME = {"epochs", "resume", "out", "device", "data_root", "checkpoint_every", "amp",
+                        "tensorboard"}
 """Options that --resume accepts with a value other than the saved run's."""
 
 
@@ -35,8 +37,9 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-root", type=Path, default=None,
-                   help="folder holding mnist/, cifar10/, svhn/ (default: $MONDEQ_DATA, the checkout's "
-                        "data/, then ~/.cache/mondeq)")
+                   help="folder holding mnist/, cifar10/, svhn/, or the files in torchvision's layout "
+                        "(MNIST/raw/, cifar-10-batches-py/, *_32x32.mat) (default: $MONDEQ_DATA, the "
+                        "checkout's data/, then ~/.cache/mondeq)")
     p.add_argument("--model", choices=MODELS, default="fc", help="architecture")
     p.add_argument("--hidden", type=int, default=87, help="hidden units (fc)")
     p.add_argument("--channels", type=int, nargs="+", default=None,
@@ -54,7 +57,12 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
                    help="random crop (4 pixels of zero padding) and, on cifar10, horizontal flips")
     p.add_argument("--m", type=float, default=1.0, help="monotonicity margin m > 0")
     p.add_argument("--solver", choices=sorted(SOLVERS), default="pr", help="splitting method")
-    p.add_argument("--alpha", type=float, default=1.0, help="splitting step size")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="splitting step size (default: 1 for pr, dr, anderson-pr; for fb and "
+                        "anderson-fb, which converge only for α < 2m/L² with L = ‖I − W‖₂, α = "
+                        f"{STABLE_FRACTION:g}·2m/L², and for fbf (α < 1/L) α = {STABLE_FRACTION:g}/L, "
+                        "recomputed from the current W before every training step, so the solves "
+                        "converge as training changes W)")
     p.add_argument("--tune-alpha-every", type=int, default=0, metavar="N",
                    help="every N training steps, re-pick α on that batch by halving from 1 while "
                         "forward + backward iterations fall (mondeq.training.step_size); 0: keep --alpha")
@@ -87,6 +95,9 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
                    help="continue OUT/checkpoint.pt with its saved configuration")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N training steps (0: after each epoch only)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write the per-epoch scalars of OUT/metrics.csv as TensorBoard events in "
+                        "OUT/tensorboard/ (needs: pip install tensorboard)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     r.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
@@ -130,6 +141,8 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:  # n
         p.error("--certified-warmup and --certified-ramp must be in [0, 1]")
     if args.lipschitz_penalty < 0:
         p.error("--lipschitz-penalty must be ≥ 0")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a folder (it will hold checkpoint.pt and results.json)")
     if args.device is not None:  # kept a string (it is saved in the run's configuration)
         try:
             device_arg(args.device)
@@ -157,7 +170,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def finish_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults that depend on other options (epochs and certification tolerance)."""
+    """Defaults that depend on other options (epochs, certification tolerance, α)."""
+    args.auto_alpha = args.alpha is None and args.solver in FB_SOLVERS
+    if args.alpha is None and not args.auto_alpha:
+        args.alpha = 1.0
     if args.epochs is None:
         args.epochs = CERTIFIED_EPOCHS if args.certified_eps > 0 else 4
     if args.certified_eps > 0 and args.certified_eps not in args.epsilons:

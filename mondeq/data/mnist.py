@@ -201,6 +201,13 @@ def download_mnist(
     return root
 
 
+def _idx_file(root: Path, name: str) -> Path:
+    """``root/name`` (gzip), or the uncompressed ``root/name`` without ``.gz`` that torchvision's
+    ``MNIST/raw/`` also holds when only that one is there."""
+    plain = root / name.removesuffix(".gz")
+    return plain if not (root / name).is_file() and plain.is_file() else root / name
+
+
 def load_mnist(
     root: str | os.PathLike[str] | None = None,
     *,
@@ -210,8 +217,9 @@ def load_mnist(
     """Loads the MNIST training or test split into memory.
 
     Args:
-        root: Directory holding the MNIST files.  Defaults to
-            :func:`mnist_root` (the ``mnist/`` folder of the data root).
+        root: Directory holding the MNIST files (gzip-compressed, or plain as in
+            torchvision's ``MNIST/raw/``).  Defaults to :func:`mnist_root` (the ``mnist/``
+            folder of the data root).
         train: Load the 60000-image training split if true, else the
             10000-image test split.
         download: Download missing files with :func:`download_mnist`.
@@ -228,7 +236,7 @@ def load_mnist(
     """
     root = mnist_root() if root is None else Path(root)
     image_name, label_name = MNIST_FILES["train" if train else "test"]
-    image_path, label_path = root / image_name, root / label_name
+    image_path, label_path = _idx_file(root, image_name), _idx_file(root, label_name)
     for path in (image_path, label_path):
         if not path.is_file():
             if not download:

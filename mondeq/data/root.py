@@ -10,6 +10,9 @@ The *data root* is one folder holding one subfolder per dataset (``mnist/``, ``c
    site-packages never points into site-packages);
 4. the user cache folder ``$XDG_CACHE_HOME/mondeq`` (default ``~/.cache/mondeq``).
 
+A root filled by torchvision is read as it is: :func:`dataset_folders` names, after the project's
+``<root>/<name>/``, the folder torchvision keeps the same files in (:data:`TORCHVISION_LAYOUT`).
+
 Example:
     >>> resolve_data_root("/datasets")
     PosixPath('/datasets')
@@ -20,7 +23,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "cache_data_root", "checkout_data_root", "resolve_data_root"]
+__all__ = ["ENV_VAR", "TORCHVISION_LAYOUT", "cache_data_root", "checkout_data_root", "dataset_folders",
+           "resolve_data_root"]
 
 #: Environment variable naming the data root.
 ENV_VAR = "MONDEQ_DATA"
@@ -69,3 +73,23 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
     if checkout is not None:
         return checkout
     return cache_data_root()
+
+
+#: Where torchvision's datasets keep each dataset's files, relative to their ``root``:
+#: ``CIFAR10(root)`` reads ``root/cifar-10-batches-py/`` (from ``root/cifar-10-python.tar.gz``),
+#: ``SVHN(root)`` reads ``root/train_32x32.mat`` and ``root/test_32x32.mat``, ``MNIST(root)``
+#: reads ``root/MNIST/raw/*-ubyte(.gz)``.
+TORCHVISION_LAYOUT: dict[str, str] = {"mnist": "MNIST/raw", "cifar10": ".", "svhn": "."}
+
+
+def dataset_folders(name: str, root: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """Returns the two folders a dataset is looked for in, in order: this project's layout
+    (``<root>/<name>/``), then torchvision's (:data:`TORCHVISION_LAYOUT`), so a root already
+    filled by torchvision is read as it is.
+
+    Args:
+        name: "mnist", "cifar10" or "svhn".
+        root: The data root, resolved by :func:`resolve_data_root`.
+    """
+    base = resolve_data_root(root)
+    return base / name, base / TORCHVISION_LAYOUT[name]  # pathlib drops the "." of a flat layout

@@ -22,9 +22,16 @@ def load_run(path: str | os.PathLike[str], *,
     from a forked generator; the checkpoint's saved generator states are not restored). The saved
     configuration is kept as ``model.run_config``.
 
+    The model owns its input normalisation (its dataset's, :func:`~mondeq.models.zoo.build_model`)
+    and takes pixel-scale inputs. A checkpoint written before models held their normalisation
+    (no ``normalization.*`` entries: its programs fed ``(x − μ)/σ`` with the dataset's
+    statistics) loads with the statistics of the saved config's dataset, which is the same
+    network.
+
     Example:
         >>> model = mondeq.load_run("runs/mnist_fc")
-        >>> logits = model(x)          # x normalised as in training (mondeq.data.normalize_dataset)
+        >>> images, labels = mondeq.data.load_dataset("mnist", train=False)
+        >>> logits = model(images)     # pixels in [0, 1]; the model normalises them
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
@@ -33,7 +40,8 @@ def load_run(path: str | os.PathLike[str], *,
     state = read_checkpoint(path, map_location=map_location)
     with torch.random.fork_rng(devices=[]):
         model = build_model(state["config"])
-    dtype = next((t.dtype for t in state["model"].values() if t.is_floating_point()), None)
+    dtype = next((t.dtype for k, t in state["model"].items()  # the normalisation stays float64
+                  if t.is_floating_point() and not k.startswith("normalization.")), None)
     model = model.to(device=map_location, dtype=dtype)
     load_checkpoint(path, model=model, state=state, restore_rngs=False)
     model.run_config = dict(state["config"])

@@ -13,18 +13,36 @@ from ..operators.conv import MonotoneConv
 from ..operators.dense import MonotoneLinear
 from ..operators.multitier import MonotoneMultiTier
 from .classifier import MonDEQClassifier
+from .normalization import InputNormalization
 from .readouts import AvgPoolState, TierPool
+
+
+def _normalization(mean: Sequence[float] | float | None,
+                   std: Sequence[float] | float | None) -> InputNormalization | None:
+    """The input normalisation of a zoo constructor's ``mean``/``std`` (both ``None``: none)."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise InvalidSettingError("give both mean and std for the input normalisation, or neither")
+    as_list = (lambda v: [float(v)] if isinstance(v, (int, float)) else [float(t) for t in v])
+    return InputNormalization(as_list(mean), as_list(std))
 
 
 def fc_mondeq(in_features: int = 784, hidden: int = 87, num_classes: int = 10, *, m: float = 1.0,
               nonlinearity: Prox | None = None, solver: str | Callable = "pr", alpha: float = 1.0,
               tol: float = 1e-2, max_iter: int = 50, backward_tol: float | None = None,
-              backward_max_iter: int | None = None) -> MonDEQClassifier:
-    """The paper's fully connected monDEQ classifier (87 hidden units on MNIST)."""
+              backward_max_iter: int | None = None, mean: Sequence[float] | float | None = None,
+              std: Sequence[float] | float | None = None) -> MonDEQClassifier:
+    """The paper's fully connected monDEQ classifier (87 hidden units on MNIST).
+
+    ``mean``, ``std``: the per-channel input normalisation the classifier applies first
+    (:class:`~mondeq.models.normalization.InputNormalization`; ``None``: identity); inputs are
+    flattened channel-major, as ``(batch, C, H, W).reshape(batch, -1)`` does.
+    """
     layer = MonDEQ(MonotoneLinear(in_features, hidden, m=m), nonlinearity, solver=solver, alpha=alpha,
                    tol=tol, max_iter=max_iter, backward_tol=backward_tol,
                    backward_max_iter=backward_max_iter)
-    return MonDEQClassifier(layer, nn.Linear(hidden, num_classes))
+    return MonDEQClassifier(layer, nn.Linear(hidden, num_classes), normalization=_normalization(mean, std))
 
 
 def single_conv_mondeq(in_channels: int = 1, image_size: int = 28, channels: int = 54,
@@ -32,19 +50,22 @@ def single_conv_mondeq(in_channels: int = 1, image_size: int = 28, channels: int
                        m: float = 1.0, nonlinearity: Prox | None = None, solver: str | Callable = "pr",
                        alpha: float = 1.0, tol: float = 1e-2, max_iter: int = 50,
                        backward_tol: float | None = None,
-                       backward_max_iter: int | None = None) -> MonDEQClassifier:
+                       backward_max_iter: int | None = None, mean: Sequence[float] | float | None = None,
+                       std: Sequence[float] | float | None = None) -> MonDEQClassifier:
     """The paper's single-convolution monDEQ classifier (MNIST: 54 channels, 3 × 3 kernels, m = 1).
 
     The input is zero-padded by ``padding`` (28 → 30 on MNIST, as in the paper's code), the state
     is ``(channels, 30, 30)``, the readout averages 4 × 4 windows (30 → 7, the last two rows and
     columns fall outside every window) and a linear head maps the ``54·7·7`` features to logits:
-    79,498 parameters with the defaults (the paper quotes about 84K).
+    79,498 parameters with the defaults (the paper quotes about 84K). ``mean``, ``std``: the
+    per-channel input normalisation, as in :func:`fc_mondeq`.
     """
     linear = MonotoneConv(in_channels, channels, image_size, kernel_size=kernel_size, padding=padding, m=m)
     layer = MonDEQ(linear, nonlinearity, solver=solver, alpha=alpha, tol=tol, max_iter=max_iter,
                    backward_tol=backward_tol, backward_max_iter=backward_max_iter)
     features = channels * (linear.size[0] // pool) * (linear.size[1] // pool)
-    return MonDEQClassifier(layer, nn.Linear(features, num_classes), readout=AvgPoolState(pool))
+    return MonDEQClassifier(layer, nn.Linear(features, num_classes), readout=AvgPoolState(pool),
+                            normalization=_normalization(mean, std))
 
 
 def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 28,
@@ -53,7 +74,9 @@ def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 2
                           nonlinearity: Prox | None = None, solver: str | Callable = "pr",
                           alpha: float = 1.0, tol: float = 1e-2, max_iter: int = 50,
                           backward_tol: float | None = None, backward_max_iter: int | None = None,
-                          pool_all_tiers: bool = False, pool_size: int = 4) -> MonDEQClassifier:
+                          pool_all_tiers: bool = False, pool_size: int = 4,
+                          mean: Sequence[float] | float | None = None,
+                          std: Sequence[float] | float | None = None) -> MonDEQClassifier:
     """The paper's multi-tier convolutional monDEQ classifier (MNIST: channels (16, 32, 32)).
 
     Tiers have grids ``(image_size + 2·padding) / 2^i``: 28 → 28, 14, 7 on MNIST and 32 → 32, 16,
@@ -72,6 +95,7 @@ def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 2
         pool_all_tiers: pool and concatenate every tier instead of the last.
         pool_size: pooled grid side per tier (adaptive average pooling; 7 × 7 → 4 × 4 uses
             overlapping windows, still a fixed linear map).
+        mean, std: the per-channel input normalisation applied first (``None``: identity).
     """
     linear = MonotoneMultiTier(in_channels, channels, image_size, kernel_size=kernel_size,
                                padding=padding, m=m)
@@ -81,7 +105,7 @@ def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 2
     if min(linear.sizes[-1]) < readout.output_size:  # the last tier is the smallest
         raise InvalidSettingError(f"pool_size {pool_size} exceeds the last tier's grid {linear.sizes[-1]}")
     head = nn.Linear(readout.features(linear.channels), num_classes)
-    return MonDEQClassifier(layer, head, readout=readout)
+    return MonDEQClassifier(layer, head, readout=readout, normalization=_normalization(mean, std))
 
 
 DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
@@ -110,6 +134,28 @@ def _input_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
     return spec.in_channels, spec.image_size, spec.num_classes
 
 
+def _config_normalization(config: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
+    """``mean``/``std`` keyword arguments for the constructors from a config: explicit ``mean``
+    and ``std`` keys, none with ``normalize: False`` or explicit shape keys and no dataset, else
+    the dataset's statistics (:data:`mondeq.data.DATASETS`)."""
+    if config.get("mean") is not None or config.get("std") is not None:
+        return {"mean": config.get("mean"), "std": config.get("std")}
+    explicit = all(config.get(k) is not None for k in ("in_channels", "image_size", "num_classes"))
+    if config.get("normalize", True) is False or (explicit and config.get("dataset") is None):
+        return {}
+    from ..data.specs import DATASETS
+
+    spec = DATASETS.get(config.get("dataset") or "mnist")
+    if spec is None:
+        raise InvalidSettingError(f"unknown dataset {config.get('dataset')!r} in the model config; "
+                                  f"choose one of {sorted(DATASETS)}, or give mean and std")
+    if spec.in_channels != in_channels:
+        raise InvalidSettingError(f"the config gives {in_channels} input channels but dataset "
+                                  f"{spec.name!r} has {spec.in_channels}; give mean and std, or "
+                                  f"normalize: false")
+    return {"mean": spec.mean, "std": spec.std}
+
+
 def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     """The classifier a run's configuration describes, on the CPU in the default dtype.
 
@@ -122,6 +168,10 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     and the layer settings :data:`SOLVER_KEYS`. Parameters are drawn from the global RNG, in
     the same order as the constructors draw them.
 
+    The model owns its input normalisation and takes pixel-scale inputs: the dataset's per-channel
+    mean and std (:data:`mondeq.data.DATASETS`) unless the config gives ``mean`` and ``std``, or
+    ``normalize: False`` (identity; also the default for explicit shape keys without a dataset).
+
     Raises:
         InvalidSettingError: an unknown model or dataset, or channels that do not fit the model.
     """
@@ -130,6 +180,7 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
         raise InvalidSettingError(f"unknown model {kind!r}; choose one of {list(MODELS)}")
     in_channels, image_size, classes = _input_shape(config)
     settings = {k: config[k] for k in SOLVER_KEYS if config.get(k) is not None}
+    settings.update(_config_normalization(config, in_channels))
     if kind == "fc":
         return fc_mondeq(in_channels * image_size ** 2, int(config.get("hidden") or 87), classes, **settings)
     channels = config.get("channels")

@@ -1,8 +1,8 @@
 r"""Empirical robustness: projected gradient descent (PGD) attacks in ℓ2 and ℓ∞.
 
-The attacker works in the user's input scale (e.g. pixels in [0, 1]) and the model sees
-``(x − mean) / std``; perturbations are projected onto the ε-ball and the valid input range in the
-user's scale. Gradients flow through the equilibrium by the library's implicit backward pass.
+The attacker works in pixel scale (e.g. pixels in [0, 1]), the scale the classifier takes (it owns
+its normalisation), and ε is a pixel-scale radius, as certified radii are; perturbations are
+projected onto the ε-ball and the valid pixel range. Gradients flow through the equilibrium by the library's implicit backward pass.
 Reference: Madry et al., "Towards deep learning models resistant to adversarial attacks", 2018.
 """
 from __future__ import annotations
@@ -13,13 +13,16 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputScaleError
+from .checks import check_labels
+
 NORMS = ("l2", "linf")
 LOSSES = ("margin", "ce")
 
 
 @dataclass(frozen=True)
 class AttackResult:
-    """Outcome of :func:`pgd` (everything in the user's input scale).
+    """Outcome of :func:`pgd` (everything in pixel scale).
 
     Attributes:
         x_adv: the strongest point found per example (lowest margin), shape of ``x``.
@@ -74,6 +77,14 @@ def _draw(sample: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor,
     return out.to(like.device, non_blocking=True)
 
 
+def _refuse_normalisation(mean: object, std: object, where: str) -> None:
+    if mean is not None or std is not None:
+        raise InputScaleError(
+            f"{where} no longer takes mean/std: the classifier owns its input normalisation "
+            "(mondeq.build_model gives it its dataset's), so attack it on pixel-scale inputs with "
+            "a pixel-scale eps; wrap a model that wants normalised inputs in one that normalises")
+
+
 def margins(logits: Tensor, y: Tensor) -> Tensor:
     """Logit of the true class minus the largest other logit, shape (batch,)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
@@ -83,10 +94,9 @@ def margins(logits: Tensor, y: Tensor) -> Tensor:
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: str = "l2",
         steps: int = 50, step_size: float | Tensor | None = None, restarts: int = 1,
-        bounds: tuple[float, float] | None = (0.0, 1.0), mean: float | Tensor = 0.0,
-        std: float | Tensor = 1.0, loss: str = "margin",
-        generator: torch.Generator | None = None) -> AttackResult:
-    r"""PGD with random restarts against ``model((x − mean)/std)``, maximising the loss.
+        bounds: tuple[float, float] | None = (0.0, 1.0), loss: str = "margin",
+        generator: torch.Generator | None = None, mean: None = None, std: None = None) -> AttackResult:
+    r"""PGD with random restarts against ``model(x)`` on pixel-scale inputs, maximising the loss.
 
     Each step moves along the normalised gradient (ℓ2) or its sign (ℓ∞), then projects back onto
     :math:`\{x' : \|x' - x\| \le \varepsilon\} \cap [\text{lo}, \text{hi}]^d`. The first restart starts at
@@ -94,24 +104,30 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
     lowest margin over all steps and restarts is kept.
 
     Args:
-        model: maps normalised inputs to logits (e.g. a MonDEQClassifier).
-        x: clean inputs in the user's scale, shape (batch, ...).
-        y: labels, shape (batch,).
-        eps: radius in the user's scale: a float or a per-example tensor of shape (batch,).
+        model: maps pixel-scale inputs to logits (e.g. a MonDEQClassifier, which normalises them).
+        x: clean inputs in pixel scale, shape (batch, ...).
+        y: integer labels, shape (batch,).
+        eps: pixel-scale radius: a float or a per-example tensor of shape (batch,).
         norm: ``"l2"`` or ``"linf"``.
         steps: gradient steps per restart.
         step_size: per-step length (default 2.5·ε/steps, Madry et al.).
         restarts: number of starts (≥ 1).
-        bounds: valid input range ``(lo, hi)`` in the user's scale, or ``None`` for no clamping.
-        mean, std: the normalisation the model expects (scalars or broadcastable tensors).
+        bounds: valid pixel range ``(lo, hi)``, or ``None`` for no clamping.
         loss: ``"margin"`` (the largest other logit minus the true one; does not saturate) or
             ``"ce"`` (cross entropy).
         generator: random generator for the restarts, on any device (the noise is drawn on the
             generator's device and moved to ``x``'s).
+        mean, std: refused: the model owns its normalisation.
 
     Returns:
         an :class:`AttackResult`.
+
+    Raises:
+        LabelError: labels not integer, not one per example, or outside the logits' classes.
+        InputScaleError: ``mean`` or ``std`` given.
+        ValueError: an unknown norm or loss, steps < 0, restarts < 1 or ε < 0.
     """
+    _refuse_normalisation(mean, std, "pgd")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if loss not in LOSSES:
@@ -119,6 +135,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     x = x.detach()
+    check_labels(y, len(x))
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
     if bool((eps_t < 0).any()):
         raise ValueError("eps must be >= 0")
@@ -129,10 +146,15 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
         x_new = x + _project(x_new - x, eps_t, norm)
         return x_new.clamp(*bounds) if bounds is not None else x_new
 
+    checked: list[bool] = []
+
     def evaluate(x_in: Tensor, grad: bool) -> tuple[Tensor, Tensor | None]:
         with torch.set_grad_enabled(grad):
             x_in = x_in.requires_grad_(grad)
-            logits = model((x_in - mean) / std)
+            logits = model(x_in)
+            if not checked:  # the number of classes is known once logits exist
+                check_labels(y, len(x), logits.shape[1])
+                checked.append(True)
             margin = margins(logits, y)
             if not grad:
                 return margin.detach(), None
@@ -177,22 +199,25 @@ def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, epsilons: Iterable[f
     misclassified clean example counts as non-robust at every ε.
 
     Args:
-        model: maps normalised inputs to logits.
-        x: clean inputs in the user's scale; y: labels.
-        epsilons: radii in the user's scale.
+        model: maps pixel-scale inputs to logits.
+        x: clean inputs in pixel scale; y: integer labels.
+        epsilons: pixel-scale radii.
         batch_size: examples per attack call.
         progress: optional callback receiving a line per ε.
-        **attack: options passed to :func:`pgd` (norm, steps, restarts, bounds, mean, std, ...).
+        **attack: options passed to :func:`pgd` (norm, steps, restarts, bounds, ...).
 
     Returns:
         ``{ε: robust accuracy}``.
     """
+    _refuse_normalisation(attack.get("mean"), attack.get("std"), "robust_accuracy")
+    check_labels(y, len(x))
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    mean, std = attack.get("mean", 0.0), attack.get("std", 1.0)
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]
-            robust[start:start + batch_size] = model((xb - mean) / std).argmax(1) == y[start:start + batch_size]
+            logits = model(xb)
+            check_labels(y[start:start + batch_size], len(xb), logits.shape[1])
+            robust[start:start + batch_size] = logits.argmax(1) == y[start:start + batch_size]
     out: dict[float, float] = {}
     for eps in sorted(float(e) for e in epsilons):
         idx = robust.nonzero().squeeze(1)

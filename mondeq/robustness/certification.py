@@ -11,6 +11,11 @@ changes the prediction. The network evaluates an approximate state :math:`\hat z
 the state the head actually sees (:func:`equilibrium_error_bound`) and subtracts it, so its radii
 are sound for the exact network whatever the solver tolerance. Tighter solves shrink the slack;
 ``certify(..., tol=1e-6)`` re-solves before certifying.
+
+Inputs and radii are in pixel scale: the classifier owns its normalisation
+:math:`(x_c - \mu_c)/\sigma_c`, whose Lipschitz constant is :math:`1/s`, :math:`s = \min_c\sigma_c`.
+A radius :math:`r` of the layer's (normalised) input is therefore a radius :math:`s\,r` in pixels;
+:func:`certify` computes :math:`r` with the layer's constants and multiplies by :math:`s`.
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ from torch import Tensor
 from splitting import LinearOperator
 from splitting.state import batch_norm
 
+from ..errors import InputScaleError, InvalidSettingError
 from ..layer import MonDEQ, solver_settings
-from .lipschitz import lipschitz_bound, margin_lipschitz_matrix
+from .checks import check_labels
+from .lipschitz import head_matrix, layer_lipschitz_bound, margin_lipschitz, pixel_scale
 
 #: Iteration cap used when :func:`certify` re-solves at a tighter tolerance and none is given.
 TIGHT_MAX_ITER = 2000
@@ -49,8 +56,8 @@ def certified_radius(logits: Tensor, labels: Tensor, margin_lip: Tensor, *,
         labels: true classes, shape (batch,).
         margin_lip: (K, K) Lipschitz constants of the margins h_i − h_j with respect to the
             model's input, e.g. :func:`mondeq.robustness.lipschitz.margin_lipschitz`.
-        input_scale: multiply radii by this to express them in another input scale. For a model
-            fed ``(x − mean)/std``, pass ``std`` to get radii in the raw (pixel) scale.
+        input_scale: multiply radii by this to express them in another input scale (e.g.
+            :math:`s = \min_c\sigma_c` turns radii of a normalised input into pixel radii).
         state_error: optional per-example bound δ on ‖ẑ − z*‖, shape (batch,)
             (:func:`equilibrium_error_bound`).
         lipschitz: ‖U‖₂/m, required with ``state_error``.
@@ -120,7 +127,7 @@ def state_residual(layer: MonDEQ, x: Tensor, z: tuple[Tensor, ...], *,
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-example ℓ2 certificates of a classifier (radii in the scale given by ``input_scale``).
+    """Per-example ℓ2 certificates of a classifier, radii in pixel scale (the classifier's inputs).
 
     Attributes:
         radius: sound certified radius, shape (batch,): the exact network's prediction is
@@ -130,11 +137,13 @@ class Certificate:
         label: the class being certified (the given labels, or the prediction), shape (batch,).
         radius_unsound: the same formula with no slack (what one gets by treating ẑ as z*).
         slack: ``radius_unsound − radius`` before clamping: the radius paid for the solver error,
-            shape (batch,), equal to δ·m/‖U‖₂ (times ``input_scale``).
+            shape (batch,), equal to δ·m·s/‖U‖₂ = δ/``lipschitz``.
         state_error: the bound δ on ‖ẑ − z*‖ of the state the head saw, shape (batch,).
         residual: its natural residual ‖ẑ − σ(Wẑ + Ux + b)‖, shape (batch,).
-        lipschitz: ‖U‖₂/m in the model's input scale.
-        input_scale: factor from the model's input scale to the radii's scale.
+        lipschitz: ‖U‖₂/(m·s), the Lipschitz bound of x ↦ z* in pixel scale
+            (:func:`~mondeq.robustness.lipschitz.lipschitz_bound` of the classifier).
+        pixel_scale: s = min_c σ_c of the classifier's input normalisation (1 without one): the
+            factor from the layer's (normalised) input scale to pixels.
         forward_iterations: mean forward-solver iterations per chunk.
         certified: certified accuracy at the ``epsilons`` passed to :func:`certify`.
     """
@@ -147,7 +156,7 @@ class Certificate:
     state_error: Tensor
     residual: Tensor
     lipschitz: float
-    input_scale: float
+    pixel_scale: float
     forward_iterations: float
     certified: dict[float, float]
 
@@ -163,29 +172,33 @@ class Certificate:
 
 @torch.no_grad()
 def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[float] = (),
-            input_scale: float = 1.0, tol: float | None = None, max_iter: int | None = None,
-            batch_size: int | None = 1000) -> Certificate:
-    r"""Sound per-example certified ℓ2 radii of a :class:`~mondeq.models.MonDEQClassifier`.
+            tol: float | None = None, max_iter: int | None = None, batch_size: int | None = 1000,
+            input_scale: None = None) -> Certificate:
+    r"""Sound per-example certified ℓ2 radii, in pixel scale, of a :class:`~mondeq.models.MonDEQClassifier`.
 
     The layer returns the solver's state :math:`\hat z` and the head reads it; the residual
-    :math:`e = \hat z - \sigma(W\hat z + Ux + b)` of exactly that state, recomputed here
-    independently of the solver's claim, gives :math:`\|\hat z - z^\star\| \le \delta`
-    (:func:`equilibrium_error_bound` with ``operator().lipschitz()``), and each margin is reduced by
-    :math:`\|H_y - H_j\|_2\,\delta` (:func:`certified_radius`). Works for every layer through
-    ``input_norm()``, ``operator()`` and the head matrix
-    (:func:`~mondeq.robustness.lipschitz.margin_lipschitz_matrix`, the constants the loss trains).
+    :math:`e = \hat z - \sigma(W\hat z + U\hat x + b)` of exactly that state (:math:`\hat x` the
+    normalised input), recomputed here independently of the solver's claim, gives
+    :math:`\|\hat z - z^\star\| \le \delta` (:func:`equilibrium_error_bound` with
+    ``operator().lipschitz()``), and each margin is reduced by :math:`\|H_y - H_j\|_2\,\delta`
+    (:func:`certified_radius`). The radius so found for :math:`\hat x` is multiplied by
+    :math:`s = \min_c\sigma_c` of the classifier's normalisation, which gives a pixel radius:
+
+    .. math:: r_{\text{pixel}} = s\,\Big(\min_{j \ne y}
+              \frac{h_y - h_j}{\|H_y - H_j\|_2\,\|U\|_2/m} - \frac{\delta\,m}{\|U\|_2}\Big)_+ .
+
+    Works for every layer through ``input_norm()``, ``operator()`` and the head matrix.
 
     Args:
         model: a MonDEQClassifier (any layer type).
-        x: inputs in the model's (normalised) scale, shape (batch, ...).
-        y: labels, shape (batch,); ``None`` certifies the predicted class.
-        epsilons: radii (in the ``input_scale`` scale) at which to report certified accuracy.
-        input_scale: multiply radii by this; for a model fed ``(x − mean)/std`` pass ``std`` for
-            radii in pixel scale.
+        x: inputs in pixel scale (the classifier normalises them), shape (batch, ...).
+        y: integer labels, shape (batch,); ``None`` certifies the predicted class.
+        epsilons: pixel-scale radii at which to report certified accuracy.
         tol: re-solve at this relative tolerance (e.g. 1e-6) instead of the layer's own, to shrink
             the slack. Soundness does not depend on it: an unconverged solve only costs radius.
         max_iter: iteration cap for that solve (default: ``TIGHT_MAX_ITER`` when ``tol`` is given).
-        batch_size: examples per solve (``None``: all at once).
+        batch_size: examples per solve, ≥ 1 (``None``: all at once).
+        input_scale: refused: the model owns its normalisation, radii are in pixels.
 
     Returns:
         a :class:`Certificate`.
@@ -193,47 +206,66 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     Raises:
         NonAffineReadoutError: the classifier's readout or head is not known to be affine
             (the radius formula needs ``logits = H z + c``).
+        InputShapeError: ``x``'s examples do not have the classifier's input size.
+        LabelError: labels not integer, not one per example, or out of range.
+        InvalidSettingError: ``batch_size`` below 1.
+        InputScaleError: ``input_scale`` given.
 
     Note:
         Rounding is not accounted for: in float32 the logits carry relative errors near 1e-7, so
         certify in float64 (``model.double()``) when tiny margins matter.
     """
-    was_training = model.training
-    model.eval()
+    if input_scale is not None:
+        raise InputScaleError(
+            "certify no longer takes input_scale: the classifier owns its input normalisation "
+            "(mondeq.build_model gives it its dataset's), so pass pixel-scale inputs and read radii "
+            "and ε in pixels; for a model built without one, give fc_mondeq(..., mean=, std=)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise InvalidSettingError(f"certify: batch_size must be a whole number ≥ 1 (or None for one "
+                                  f"batch), got {batch_size!r}")
     layer: MonDEQ = model.layer
     linear = layer.linear
-    lipschitz = lipschitz_bound(layer)
+    x = model.layer_input(x)  # checks the shape, normalises: what the layer sees
+    head = head_matrix(model, differentiable=False)
+    if y is not None:
+        y = check_labels(y, len(x), head.shape[0])
+    was_training = model.training
+    model.eval()
+    lipschitz = layer_lipschitz_bound(layer)  # layer scale; radii are converted by s below
+    scale = pixel_scale(model)
     op = linear.operator()
     op_lipschitz = linear.cached("operator_lipschitz", op.lipschitz)
-    margin_lip = margin_lipschitz_matrix(model, differentiable=False)
+    margin_lip = margin_lipschitz(head, lipschitz)
     if max_iter is None and tol is not None:
         max_iter = max(layer.max_iter, TIGHT_MAX_ITER)
-    x = x.reshape(x.shape[0], *linear.input_shape)
     size = batch_size if batch_size is not None else max(len(x), 1)
     parts: dict[str, list[Tensor]] = {k: [] for k in ("pred", "label", "r0", "delta", "res")}
     iterations = []
-    with solver_settings(layer, tol=tol, max_iter=max_iter):
-        for start in range(0, len(x), size):
-            xb = x[start:start + size]
-            z, stats = layer.forward_with_stats(xb)
-            logits = model.logits_from_state(z)
-            pred = logits.argmax(1)
-            label = pred if y is None else y[start:start + size].to(pred.device)
-            residual = state_residual(layer, xb, z, op=op)
-            parts["pred"].append(pred)
-            parts["label"].append(label)
-            parts["r0"].append(certified_radius(logits, label, margin_lip.to(logits.dtype)))
-            parts["delta"].append(equilibrium_error_bound(residual, op.m, op_lipschitz))
-            parts["res"].append(residual)
-            iterations.append(stats.forward.iterations)
+    try:
+        with solver_settings(layer, tol=tol, max_iter=max_iter):
+            for start in range(0, len(x), size):
+                xb = x[start:start + size]
+                z, stats = layer.forward_with_stats(xb)
+                logits = model.logits_from_state(z)
+                pred = logits.argmax(1)
+                label = pred if y is None else y[start:start + size].to(pred.device)
+                residual = state_residual(layer, xb, z, op=op)
+                parts["pred"].append(pred)
+                parts["label"].append(label)
+                parts["r0"].append(certified_radius(logits, label, margin_lip.to(logits.dtype)))
+                parts["delta"].append(equilibrium_error_bound(residual, op.m, op_lipschitz))
+                parts["res"].append(residual)
+                iterations.append(stats.forward.iterations)
+    finally:
+        model.train(was_training)
     cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
-    slack = cat["delta"] / lipschitz * input_scale
-    radius_unsound = cat["r0"] * input_scale
+    slack = cat["delta"] / lipschitz * scale
+    radius_unsound = cat["r0"] * scale
     radius = (radius_unsound - slack).clamp(min=0).nan_to_num(nan=0.0)  # NaN: a diverged solve
     epsilons = list(epsilons)
-    model.train(was_training)
     return Certificate(radius=radius, prediction=cat["pred"], label=cat["label"],
                        radius_unsound=radius_unsound, slack=slack, state_error=cat["delta"],
-                       residual=cat["res"], lipschitz=lipschitz, input_scale=float(input_scale),
+                       residual=cat["res"], lipschitz=lipschitz / scale, pixel_scale=scale,
                        forward_iterations=sum(iterations) / max(len(iterations), 1),
                        certified=certified_accuracy(radius, epsilons))

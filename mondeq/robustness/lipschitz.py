@@ -7,6 +7,11 @@ and for logits :math:`h = Hz^\star + c` the margin :math:`h_i - h_j` moves by at
 
 .. math:: K_{ij} = \|H_i - H_j\|_2\,\frac{\|U\|_2}{m}\,\|x - x'\|_2 .
 
+A classifier owns its input normalisation :math:`\hat x_c = (x_c - \mu_c)/\sigma_c`, and
+inputs are in pixel scale: the normalisation is :math:`\le 1/\min_c\sigma_c`-Lipschitz, so every
+constant of a classifier here is the layer's divided by :math:`s = \min_c \sigma_c`
+(``model.pixel_scale``; 1 without a normalisation). Constants of a bare layer are the layer's.
+
 Certificates (:mod:`.certification`) read :math:`K` detached, with the exact ‖U‖₂ in float64;
 the certified-training loss (:mod:`.losses`) reads the same :math:`K` with ``differentiable=True``,
 keeping the graph to the head and to U (never to W: the bound does not depend on F, G).
@@ -28,11 +33,30 @@ if TYPE_CHECKING:
 
 
 def lipschitz_bound(model: nn.Module) -> float:
-    r""":math:`\|U\|_2 / m`, the Lipschitz constant of :math:`x \mapsto z^\star(x)` in ℓ2.
+    r"""A Lipschitz constant in ℓ2 of :math:`x \mapsto z^\star(x)`, in the scale of ``model``'s input.
+
+    .. math:: \text{layer: } \frac{\|U\|_2}{m}, \qquad
+              \text{classifier: } \frac{\|U\|_2}{m\,\min_c \sigma_c}\ \text{(pixel scale)}.
 
     Args:
-        model: a :class:`~mondeq.layer.MonDEQ`, its parametrisation, or a classifier holding
-            one as ``.layer`` (:class:`~mondeq.models.MonDEQClassifier`).
+        model: a :class:`~mondeq.layer.MonDEQ` or its parametrisation (the layer's input scale),
+            or a classifier holding one as ``.layer`` (:class:`~mondeq.models.MonDEQClassifier`:
+            pixel scale, through its input normalisation).
+    """
+    return layer_lipschitz_bound(model) / pixel_scale(model)
+
+
+def pixel_scale(model: nn.Module) -> float:
+    r""":math:`s = \min_c\sigma_c` of a classifier's input normalisation (1 for a bare layer, or a
+    classifier without one): a layer-scale constant divided by :math:`s` holds in pixel scale."""
+    return float(getattr(model, "pixel_scale", 1.0)) if isinstance(getattr(model, "layer", None), MonDEQ) else 1.0
+
+
+def layer_lipschitz_bound(model: nn.Module) -> float:
+    r""":math:`\|U\|_2 / m` of the layer (the classifier's layer), in the layer's input scale.
+
+    Raises:
+        TypeError: ``model`` is neither a layer, a parametrisation nor a classifier of one.
     """
     linear = model.layer if isinstance(getattr(model, "layer", None), MonDEQ) else model
     linear = linear.linear if isinstance(linear, MonDEQ) else linear
@@ -108,7 +132,8 @@ def margin_lipschitz(head: Tensor, lipschitz: float | Tensor) -> Tensor:
 
 def margin_lipschitz_matrix(model: MonDEQClassifier, *, differentiable: bool = True,
                             input_norm: Tensor | None = None) -> Tensor:
-    r""":math:`K_{ij} = \|H_i - H_j\|_2\,\|U\|_2/m` of a classifier, shape (K, K), in its input scale.
+    r""":math:`K_{ij} = \|H_i - H_j\|_2\,\|U\|_2/(m\,s)` of a classifier, shape (K, K), in pixel scale
+    (:math:`s = \min_c\sigma_c` of its normalisation, :func:`pixel_scale`).
 
     Args:
         model: a :class:`~mondeq.models.MonDEQClassifier`.
@@ -126,4 +151,4 @@ def margin_lipschitz_matrix(model: MonDEQClassifier, *, differentiable: bool = T
         return margin_lipschitz(head_matrix(model, differentiable=False), lipschitz_bound(model))
     linear = model.layer.linear
     u_norm = linear.input_norm() if input_norm is None else input_norm
-    return margin_lipschitz(head_matrix(model), u_norm / linear.m)
+    return margin_lipschitz(head_matrix(model), u_norm / linear.m / pixel_scale(model))

@@ -4,11 +4,12 @@ Lipschitz-margin training (Tsuzuku, Sato & Sugiyama, NeurIPS 2018), with the pai
 constants of a monDEQ: every wrong logit is raised by the most an ε-perturbation can add to it
 relative to the true one,
 
-.. math:: \tilde h_j = h_j + \varepsilon\,\|H_y - H_j\|_2\,\|U\|_2/m \quad (j \ne y),\qquad
+.. math:: \tilde h_j = h_j + \varepsilon\,\|H_y - H_j\|_2\,\|U\|_2/(m\,s) \quad (j \ne y),\qquad
           \ell = \mathrm{CE}(\tilde h, y),
 
 so that :math:`\arg\max \tilde h = y` implies a certified radius above ε (for the exact
-equilibrium and the exact ‖U‖₂). The constant is differentiable in the head and in U (the exact
+equilibrium and the exact ‖U‖₂), with ε in pixel scale and :math:`s = \min_c\sigma_c` of the
+classifier's input normalisation (1 without one). The constant is differentiable in the head and in U (the exact
 ``input_norm()``, or the cheaper power-iteration estimate :class:`InputNormEstimate`), and not
 in W: the bound does not depend on F, G. :math:`H` and :math:`K` are those of the certificates
 (:func:`~mondeq.robustness.lipschitz.margin_lipschitz_matrix`, here with its graph).
@@ -84,11 +85,12 @@ class LipschitzMarginLoss(nn.Module):
 
     Args:
         model: the classifier being trained (the constants are read from it at every call).
-        eps: target radius in the model's input scale (pixel radius / std for normalised inputs).
+        eps: target radius in pixel scale (the classifier's inputs; it owns its normalisation).
         ramp_steps: steps of the linear ramp (0: the full ε from the start).
         warmup_steps: steps of plain cross entropy before the ramp.
-        lipschitz_penalty: λ, weight of the penalty on ‖U‖₂/m above ``lipschitz_target``.
-        lipschitz_target: Λ (default 0: penalise ‖U‖₂/m itself).
+        lipschitz_penalty: λ, weight of the penalty on the layer's ‖U‖₂/m above ``lipschitz_target``.
+        lipschitz_target: Λ, in the layer's (normalised) input scale: the pixel-scale bound is
+            ‖U‖₂/(m·s) (default 0: penalise ‖U‖₂/m itself).
         power_iterations: estimate ‖U‖₂ by this many warm-started power steps per call
             (:class:`InputNormEstimate`) instead of the exact ``input_norm()``; 0 for exact.
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -21,6 +22,7 @@ from ..robustness.certification import certify
 from .distributed import all_reduce_sum, unwrap
 from ..robustness.lipschitz import lipschitz_bound
 from .progress import ProgressBar
+from ..errors import ConvergenceWarning, StepSizeWarning
 
 __all__ = ["EpochSums", "EpochStats", "Evaluation", "evaluate", "train_epoch"]
 
@@ -37,6 +39,8 @@ class EpochStats:
             CUDA measured with events, so without a synchronisation per step.
         steps: steps taken (by this rank).
         samples: samples seen (over every rank).
+        forward_failed, backward_failed: solves that stopped unconverged (at ``max_iter`` or
+            non-finite), summed over ranks; counted here instead of warned once per solve.
     """
 
     loss: float
@@ -46,6 +50,8 @@ class EpochStats:
     step_time: float
     steps: int
     samples: int = 0
+    forward_failed: int = 0
+    backward_failed: int = 0
 
 
 @dataclass
@@ -55,12 +61,16 @@ class Evaluation:
     Attributes:
         accuracy: clean accuracy.
         forward_iterations: mean solver iterations per batch.
-        lipschitz: ‖U‖₂/m of the layer.
+        lipschitz: Lipschitz bound of x ↦ z* in pixel scale, ‖U‖₂/(m·min_c σ_c)
+            (:func:`mondeq.robustness.lipschitz.lipschitz_bound` of the classifier).
         certified: certified accuracy (radius > ε) at each ε passed to :func:`evaluate`.
-        mean_slack: mean radius paid for the solver error (scale of ``input_scale``).
+        mean_slack: mean radius paid for the solver error (pixel scale).
         samples: test samples evaluated.
-        radii: THIS rank's per-example sound certified ℓ2 radius, in the scale of ``input_scale``.
+        radii: THIS rank's per-example sound certified ℓ2 radius, in pixel scale.
         slack: THIS rank's per-example radius paid for the solver error (same scale).
+        failed: forward solves (one per batch, at the layer's own settings) that did not
+            converge, summed over ranks; counted instead of warned.
+        certify_failed: the same for the re-solves at ``certify_tol`` (they only cost radius).
     """
 
     accuracy: float
@@ -71,6 +81,8 @@ class Evaluation:
     certified: dict[float, float] = field(default_factory=dict)
     mean_slack: float = 0.0
     samples: int = 0
+    failed: int = 0
+    certify_failed: int = 0
 
 
 @dataclass
@@ -88,6 +100,8 @@ class EpochSums:
     backward_iterations: Tensor | int = 0
     step_time: float = 0.0
     steps: int = 0
+    forward_failed: int = 0
+    backward_failed: int = 0
     pending: list = field(default_factory=list, repr=False, compare=False)
     """CUDA (start, end) event pairs of steps whose time is not yet in ``step_time``."""
 
@@ -104,7 +118,8 @@ class EpochSums:
         return {"loss": float(self.loss), "correct": int(self.correct), "seen": self.seen,
                 "forward_iterations": int(self.forward_iterations),
                 "backward_iterations": int(self.backward_iterations), "step_time": self.step_time,
-                "steps": self.steps}
+                "steps": self.steps, "forward_failed": self.forward_failed,
+                "backward_failed": self.backward_failed}
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -119,6 +134,25 @@ def _to(t: Tensor, device: torch.device) -> Tensor:
 def _count(value) -> Tensor | int:
     """An iteration count as the solver gave it (a host int, or a device tensor)."""
     return value if isinstance(value, (int, Tensor)) else int(value)
+
+
+@contextlib.contextmanager
+def counted_failures():
+    """Silence the per-solve convergence and step-size warnings: the loops count failed solves
+    and the epoch summary reports the count, instead of one warning line per solve."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", StepSizeWarning)
+        yield
+
+
+def _failed_solves(call: Callable[[], object]) -> tuple[object, int]:
+    """``call()`` and the number of solves inside it that warned they did not converge."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("ignore", StepSizeWarning)
+        value = call()
+    return value, sum(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -151,7 +185,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             remaining batches and ``steps`` still counts the whole epoch).
         after_step: ``after_step(sums)`` called after every step (e.g. a periodic checkpoint);
             it costs no synchronisation unless it reads the sums (``sums.state_dict()``).
+
+    Solves that do not converge raise no warning here: they are counted in
+    ``forward_failed`` / ``backward_failed`` of the returned stats.
     """
+    with counted_failures():
+        return _train_epoch(model, optimizer, data, steps=steps, scheduler=scheduler, desc=desc,
+                            loss_fn=loss_fn, on_batch=on_batch, amp=amp, progress=progress,
+                            refresh=refresh, sums=sums, after_step=after_step)
+
+
+def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_batch, amp, progress,
+                 refresh, sums, after_step) -> EpochStats:
     model.train()
     device = _model_device(model)
     cuda = device.type == "cuda"
@@ -191,6 +236,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         acc.forward_iterations = acc.forward_iterations + _count(stats.forward.iterations)
         acc.backward_iterations = acc.backward_iterations + (
             _count(stats.backward.iterations) if stats.backward is not None else 0)
+        acc.forward_failed += int(not stats.forward.converged)
+        acc.backward_failed += int(stats.backward is not None and not stats.backward.converged)
         if bar is not None:
             if acc.steps % refresh == 0 or acc.steps == steps or acc.steps == 1:
                 shown = float(acc.loss) / acc.seen
@@ -206,18 +253,20 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
 
     totals = all_reduce_sum(torch.stack([acc.loss, f64(acc.correct), f64(float(acc.seen)),
                                          f64(acc.forward_iterations), f64(acc.backward_iterations),
-                                         f64(float(acc.steps)), f64(acc.step_time)]))
-    loss_total, correct_total, seen_total, fw_total, bw_total, steps_total, time_total = totals.tolist()
+                                         f64(float(acc.steps)), f64(acc.step_time),
+                                         f64(float(acc.forward_failed)), f64(float(acc.backward_failed))]))
+    (loss_total, correct_total, seen_total, fw_total, bw_total, steps_total, time_total, fw_failed,
+     bw_failed) = totals.tolist()
     n = max(steps_total, 1.0)
     return EpochStats(loss=loss_total / max(seen_total, 1.0), accuracy=correct_total / max(seen_total, 1.0),
                       forward_iterations=fw_total / n, backward_iterations=bw_total / n,
-                      step_time=time_total / n, steps=acc.steps, samples=int(seen_total))
+                      step_time=time_total / n, steps=acc.steps, samples=int(seen_total),
+                      forward_failed=int(fw_failed), backward_failed=int(bw_failed))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
-             input_scale: float = 1.0, certify_tol: float | None = None,
-             epsilons: Sequence[float] = ()) -> Evaluation:
+             certify_tol: float | None = None, epsilons: Sequence[float] = ()) -> Evaluation:
     """Clean accuracy, mean iterations, the Lipschitz bound and sound certified radii.
 
     Radii come from :func:`mondeq.certify`: they account for the solver's error, so they
@@ -227,12 +276,11 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
 
     Args:
         model: the classifier (or its DDP wrapper).
-        data: (x, y) minibatches, on any device (moved to the model's).
-        input_scale: factor from the model's input scale to the reporting scale (for a model fed
-            per-channel normalised inputs, the smallest channel std gives sound pixel-scale radii).
+        data: (x, y) minibatches in pixel scale (the classifier normalises them), on any device
+            (moved to the model's).
         certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own).
             Accuracy and iterations are always those of the layer's own settings.
-        epsilons: radii (reporting scale) at which certified accuracy (radius > ε) is counted.
+        epsilons: pixel-scale radii at which certified accuracy (radius > ε) is counted.
     """
     model = unwrap(model)
     device = _model_device(model)
@@ -241,17 +289,21 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
     certified = torch.zeros(len(epsilons), dtype=torch.float64, device=device)
     slack_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen, iterations, batches_seen, radii, slack = 0, 0.0, 0, [], []
-    lipschitz = lipschitz_bound(model.layer)
+    failed = certify_failed = 0
+    lipschitz = lipschitz_bound(model)  # pixel scale, as the radii
     eps = torch.tensor(epsilons, dtype=torch.float64, device=device)
     for x, y in data:
         x, y = _to(x, device), _to(y, device)
-        cert = certify(model, x, y, input_scale=input_scale, batch_size=None)
+        cert, fails = _failed_solves(lambda: certify(model, x, y, batch_size=None))
+        failed += fails
         correct += cert.correct.sum()
         seen += len(y)
         iterations += cert.forward_iterations
         batches_seen += 1
         if certify_tol is not None:
-            cert = certify(model, x, y, input_scale=input_scale, tol=certify_tol, batch_size=None)
+            cert, fails = _failed_solves(lambda: certify(model, x, y,
+                                                         tol=certify_tol, batch_size=None))
+            certify_failed += fails
         radius = cert.radius.to(torch.float64)
         certified += (radius[:, None] > eps[None, :]).sum(0)
         slack_sum += cert.slack.to(torch.float64).sum()
@@ -260,12 +312,16 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
     sums = all_reduce_sum(torch.cat([torch.stack([correct, slack_sum,
                                                   torch.tensor(float(seen), dtype=torch.float64, device=device),
                                                   torch.tensor(iterations, dtype=torch.float64, device=device),
-                                                  torch.tensor(float(batches_seen), dtype=torch.float64, device=device)]),
+                                                  torch.tensor(float(batches_seen), dtype=torch.float64, device=device),
+                                                  torch.tensor(float(failed), dtype=torch.float64, device=device),
+                                                  torch.tensor(float(certify_failed), dtype=torch.float64,
+                                                               device=device)]),
                                      certified])).tolist()
-    correct_total, slack_total, seen_total, iterations_total, batches_total = sums[:5]
+    correct_total, slack_total, seen_total, iterations_total, batches_total, failed_total, cert_failed = sums[:7]
     n = max(seen_total, 1.0)
     return Evaluation(accuracy=correct_total / n, forward_iterations=iterations_total / max(batches_total, 1.0),
                       lipschitz=lipschitz, radii=torch.cat(radii) if radii else torch.zeros(0),
                       slack=torch.cat(slack) if slack else torch.zeros(0),
-                      certified={e: c / n for e, c in zip(epsilons, sums[5:])},
-                      mean_slack=slack_total / n, samples=int(seen_total))
+                      certified={e: c / n for e, c in zip(epsilons, sums[7:])},
+                      mean_slack=slack_total / n, samples=int(seen_total), failed=int(failed_total),
+                      certify_failed=int(cert_failed))

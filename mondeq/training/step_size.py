@@ -6,6 +6,11 @@ simple way: start at α = 1 and halve while the iteration count keeps falling. :
 does that on one batch, counting forward and (by default) backward iterations, since a training
 step pays for both; :class:`AlphaTuner` repeats it every N training steps.
 
+Forward-backward is different: it converges only for :math:`0 < \alpha < 2m/L^2`
+(:math:`L = \|I - W\|_2`), and L moves as training changes W. :class:`StableStep` keeps FB inside
+that range by setting :math:`\alpha = \theta \cdot 2m/L^2` (default θ = 0.9) from the current
+operator before every training step (one 87 × 87 SVD for the dense MNIST model).
+
 It lives with the layers rather than in :mod:`splitting` because it needs what only a layer knows:
 its parameters' operator, its input map, its solver and tolerances, and the backward problem its
 gradient will pose.
@@ -14,15 +19,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from splitting import equilibrium
+from splitting import STEP_LIMITS, LinearOperator, equilibrium, max_stable_alpha
 from ..errors import ConvergenceWarning, StepSizeWarning
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, NonFiniteInputError
 
 from .distributed import broadcast_object, is_distributed, unwrap
 from ..layer import MonDEQ
@@ -30,6 +35,13 @@ from ..models.classifier import MonDEQClassifier
 
 HALVINGS = tuple(2.0 ** -k for k in range(7))
 """The paper's grid: 1, 1/2, …, 1/64."""
+FB_SOLVERS = tuple(STEP_LIMITS)
+"""Solvers whose step α must stay below a limit (FB and Anderson-FB: 2m/L²; FBF: 1/L); the others
+converge for every α > 0 (:data:`splitting.STEP_LIMITS`)."""
+STEP_RULES = {"fb": "2m/L²", "anderson-fb": "2m/L²", "fbf": "1/L"}
+"""Each step-limited solver's limit as a formula, for messages (L = ‖I − W‖₂)."""
+STABLE_FRACTION = 0.9
+"""Default θ of :class:`StableStep`: α = θ·2m/L², a margin for the change of W within a step."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ class AlphaTuner:
             model = unwrap(model)
             search = None
             if not is_distributed() or dist.get_rank() == 0:
-                x = x.reshape(x.shape[0], *model.layer.linear.input_shape)
+                x = model.layer_input(x)  # pixels → what the layer sees (normalised)
                 search = tune_alpha(model.layer, x, grid=self.grid, backward=self.backward,
                                     exhaustive=self.exhaustive)
             search = broadcast_object(search)
@@ -175,3 +187,62 @@ class AlphaTuner:
                                             trials=[AlphaTrial(float(a), int(f), int(b), bool(c))
                                                     for a, f, b, c in trials]))
                     for step, alpha, trials in state["log"]]
+
+
+class StableStep:
+    r"""A training hook that keeps a step-limited method's step inside its convergent range.
+
+    Every ``every`` steps (and on :meth:`apply`) it sets
+
+    .. math:: \alpha = \theta \cdot 2m / L^2,\qquad L = \|I - W\|_2
+
+    (forward-backward's limit, :func:`splitting.max_stable_alpha`; another ``limit``, such as
+    forward-backward-forward's 1/L, by :data:`splitting.STEP_LIMITS`) from the layer's current
+    operator, so the forward and
+    backward solves of that step converge linearly whatever training did to W. With ``every=1``
+    the α of every step is computed from the very W that step solves with. Every rank computes
+    the same α from the same (synchronised) parameters, so no collective is needed.
+
+    Args:
+        fraction: θ in (0, 1).
+        every: steps between updates, ≥ 1 (the first call always updates).
+        limit: the method's step limit as a function of the operator (default FB's 2m/L²).
+    """
+
+    def __init__(self, fraction: float = STABLE_FRACTION, *, every: int = 1,
+                 limit: Callable[[LinearOperator], float] = max_stable_alpha) -> None:
+        if not 0 < fraction < 1:
+            raise InvalidSettingError(f"fraction must be in (0, 1) (a step strictly inside FB's range "
+                                      f"0 < alpha < 2m/L^2), got {fraction}")
+        if int(every) != every or every < 1:
+            raise InvalidSettingError(f"every must be a positive integer, got {every}")
+        self.fraction, self.every, self.steps = float(fraction), int(every), 0
+        self.limit = limit
+
+    def apply(self, model: MonDEQClassifier | MonDEQ) -> float:
+        """Set and return α = θ·limit(W) for ``model``'s current operator (a layer or a classifier)."""
+        model = unwrap(model)
+        layer = model.layer if hasattr(model, "layer") else model
+        try:
+            with torch.no_grad():
+                limit = self.limit(layer.linear.operator())
+        except torch.linalg.LinAlgError:  # the SVD of a W with NaN entries
+            limit = float("nan")
+        if not 0 < limit < float("inf"):  # W is not finite: training already diverged
+            raise NonFiniteInputError(f"the step limit is {limit} (W is not finite): "
+                                      "training diverged; lower --lr or use --solver pr")
+        layer.alpha = self.fraction * limit
+        return layer.alpha
+
+    def __call__(self, model: MonDEQClassifier, x: Tensor, y: Tensor) -> None:
+        if self.steps % self.every == 0:
+            self.apply(model)
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        """The step counter, for checkpoints."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.steps = int(state["steps"])

@@ -26,20 +26,22 @@ Everything runs on ``--device`` (default: CUDA when available, else the CPU); on
 call is synchronised before the clock stops.
 
     python experiments/compare_splitting.py --checkpoint runs/mnist_fc/checkpoint.pt --out runs/compare_fc
-    mondeq compare --model conv --batch 64 --out runs/compare_conv
+    mondeq compare --model conv --batch-size 64 --out runs/compare_conv
 """
 from __future__ import annotations
 
 import argparse
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from splitting import SOLVERS, max_stable_alpha
 
-from ...errors import InvalidSettingError
+from ...errors import CheckpointError, InvalidSettingError
 from ...models import MODELS
-from ..options import device_arg
+from ..options import checkpoint_file, default_device, device_arg, hidden_alias, positive_int
 from .measurement import ALPHAS, THRESHOLDS, Run, best_alpha, measure, time_runs
 from .problem import load_model, mnist_test_batch, problems, quick_model
 from .report import alpha_label, cell, markdown, plot, write_csv
@@ -50,11 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="a checkpoint of experiments/train.py (keys 'config', 'model'); none: train a quick one")
+                   help="a run of mondeq train: its --out folder or its checkpoint.pt; none: train a quick one")
     p.add_argument("--model", choices=MODELS, default="fc",
                    help="model to train when no checkpoint")
     p.add_argument("--train-limit", type=int, default=10000, help="training images for the quick model")
-    p.add_argument("--batch", type=int, default=128, help="test batch size")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="test batch size")
+    hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
     p.add_argument("--methods", nargs="+", default=list(SOLVERS), choices=sorted(SOLVERS))
     p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     p.add_argument("--max-iter", type=int, default=400, help="iteration cap per solve")
@@ -66,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="float64 resolves 1e-6; float32 is what training uses")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model, the data and the solves live")
+    p.add_argument("--device", type=device_arg, default=default_device(),
+                   help="where the model, the data and the solves live (default: cuda when available)")
     p.add_argument("--out", type=Path, default=Path("runs/compare_splitting"))
     return p.parse_args(argv)
 
@@ -83,13 +86,10 @@ def main(argv: list[str] | None = None) -> list[Run]:
         model, config = quick_model(args.model, train_limit=args.train_limit, seed=args.seed,
                                     device=args.device, out=args.out)
     else:
-        try:
-            model, config = load_model(args.checkpoint, device=args.device)
-        except InvalidSettingError as error:  # e.g. a checkpoint trained on another dataset
-            raise SystemExit(f"compare_splitting: {error}") from None
+        model, config = load_checkpoint_model(args.checkpoint, device=args.device)
     dtype = getattr(torch, args.dtype)
     model = model.to(device=args.device, dtype=dtype).eval()
-    x, y = mnist_test_batch(model, args.batch, device=args.device, dtype=dtype)
+    x, y = mnist_test_batch(model, args.batch_size, device=args.device, dtype=dtype)
     probs = problems(model, x, y)
     op = probs["forward"].op
     info = {"model": config.get("model", "fc"), "describe": config["trained"], "batch": len(x),
@@ -118,3 +118,22 @@ def main(argv: list[str] | None = None) -> list[Run]:
     print("wrote " + ", ".join(str(p) for p in [args.out / "comparison.csv", args.out / "comparison.md", *figures]))
     return runs
 
+
+
+def load_checkpoint_model(run: Path, *, device: torch.device):
+    """:func:`.problem.load_model` for a RUN given as a run folder or a checkpoint file.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        CheckpointError: the file is not a readable checkpoint with ``config`` and ``model``.
+        InvalidSettingError: a checkpoint trained on another dataset than MNIST.
+    """
+    file = checkpoint_file(run)
+    try:
+        return load_model(file, device=device)
+    except InvalidSettingError:
+        raise
+    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot read checkpoint {file}: truncated, corrupt or not written by "
+                              f"mondeq train ({type(err).__name__}: {err})") from None

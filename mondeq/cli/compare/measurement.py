@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from splitting import SOLVERS, SolverResult, StepSizeWarning, max_stable_alpha
+from splitting import SOLVERS, STEP_LIMITS, SolverResult, StepSizeWarning
 from splitting.state import batch_norm
 
 from .problem import SplittingProblem
@@ -74,15 +74,15 @@ def measure(direction: str, name: str, alpha: float, problem: SplittingProblem, 
         memory: Anderson memory (pairs kept).
     """
     solver = solver_for(name, memory)
-    fb_based = name in ("fb", "anderson-fb")
-    resolvent = None if fb_based else problem.resolvent(alpha)
+    step_limited = name in STEP_LIMITS  # FB, Anderson-FB, FBF: no resolvent, a step-size range
+    resolvent = None if step_limited else problem.resolvent(alpha)
     call = functools.partial(solver, problem.op, problem.prox, problem.bias, alpha=alpha,
                              resolvent=resolvent)
     iterations: dict[float, int | None] = {eps: None for eps in THRESHOLDS}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torch.no_grad():
-            if fb_based:  # FB's step-size rule, checked once before the solves
+            if step_limited:  # the method's step-size rule, checked once before the solves
                 solver(problem.op, problem.prox, problem.bias, alpha=alpha, tol=1.0, max_iter=1,
                        check_step="warn")
             for eps in sorted(THRESHOLDS, reverse=True):
@@ -98,11 +98,11 @@ def measure(direction: str, name: str, alpha: float, problem: SplittingProblem, 
     # No progress: the last residual is no better than the best of the first tenth of the run
     # (FB beyond its step limit oscillates with a bounded iterate when ReLU clips the unstable
     # direction; its residual never falls). Only a method without a convergence guarantee at
-    # this α can fail to progress: FB-based methods inside 0 < α < 2m/L² converge (slowly at
+    # this α can fail to progress: step-limited methods inside their range converge (slowly at
     # small α: "not reached", never "div"). FB's first candidate is z0 = 0, whose relative
     # residual is huge or inf: not divergence.
     early = trace[: max(10, len(trace) // 10)]
-    unguaranteed = fb_based and alpha >= max_stable_alpha(problem.op)
+    unguaranteed = step_limited and alpha >= STEP_LIMITS[name](problem.op)
     grew = (any(math.isnan(r) for r in trace)
             or (unguaranteed and len(trace) > len(early) and trace[-1] >= min(early)))
     if iterations[min(THRESHOLDS)] is not None:

@@ -17,7 +17,7 @@ from torch import Tensor
 from splitting import BackwardProblem, LinearOperator, Prox, Resolvent, State, peaceman_rachford
 from splitting.state import batch_norm
 
-from ...data import batches, load_mnist, normalize, num_batches
+from ...data import batches, load_mnist, num_batches
 from ...errors import InvalidSettingError
 from ...models import MonDEQClassifier, build_model
 from ...training import train_epoch
@@ -28,7 +28,8 @@ EXACT = dict(alpha=0.5, tol=1e-13, max_iter=20_000)
 
 def load_model(checkpoint: Path, *, device: torch.device) -> tuple[MonDEQClassifier, dict]:
     """The classifier of a checkpoint of ``experiments/train.py`` (keys ``config``, ``model``),
-    built by :func:`mondeq.build_model`, and its config with a ``trained`` description.
+    built by :func:`mondeq.build_model` (with MNIST's input normalisation; a checkpoint saved
+    before models held one keeps it), and its config with a ``trained`` description.
 
     Raises:
         InvalidSettingError: the checkpoint was not trained on MNIST (the comparison's data).
@@ -51,7 +52,7 @@ def quick_model(kind: str, *, train_limit: int, seed: int, device: torch.device,
               "channels": (16, 32, 32) if kind == "multitier" else 54}
     model = build_model(config).to(device)
     x, y = load_mnist(train=True)
-    x, y = normalize(x[:train_limit]).to(device), y[:train_limit].to(device)
+    x, y = x[:train_limit].to(device), y[:train_limit].to(device)  # pixels: the model normalises
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3 if kind == "fc" else 1e-3)
     generator = torch.Generator(device=device).manual_seed(seed)
     data = batches(x, y, 128, shuffle=True, generator=generator)
@@ -64,10 +65,12 @@ def quick_model(kind: str, *, train_limit: int, seed: int, device: torch.device,
 
 def mnist_test_batch(model: MonDEQClassifier, size: int, *, device: torch.device,
                      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The first ``size`` normalised MNIST test images, shaped for ``model``'s layer, and labels."""
+    """The first ``size`` MNIST test images as ``model``'s layer sees them (normalised by the
+    model, shaped for the layer: :meth:`~mondeq.models.MonDEQClassifier.layer_input`), and labels."""
     x, y = load_mnist(train=False)
-    x = normalize(x[:size]).to(device=device, dtype=dtype)
-    return x.reshape(len(x), *model.layer.linear.input_shape), y[:size].to(device)
+    x = x[:size].to(device=device, dtype=dtype)
+    with torch.no_grad():
+        return model.layer_input(x), y[:size].to(device)
 
 
 @dataclass

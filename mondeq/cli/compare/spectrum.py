@@ -21,9 +21,10 @@ from torch import Tensor
 from splitting import BackwardProblem, peaceman_rachford
 
 from ...models import MonDEQClassifier
-from ..options import device_arg
+from ..options import default_device, device_arg, hidden_alias, positive_int
+from .command import load_checkpoint_model
 from .measurement import ALPHAS
-from .problem import EXACT, load_model, mnist_test_batch
+from .problem import EXACT, mnist_test_batch
 
 
 def iteration_matrices(weight: Tensor, jacobian: Tensor, alpha: float) -> Tensor:
@@ -73,19 +74,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """``experiments/pr_spectrum.py``: print the spectrum table of an FC checkpoint; returns its rows."""
     p = argparse.ArgumentParser(description="Why Anderson cannot halve Peaceman-Rachford's iterations "
                                             "on the FC model: the spectrum of PR's map.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="an FC checkpoint of experiments/train.py")
-    p.add_argument("--batch", type=int, default=32, help="test images (one spectrum each)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="an FC run of mondeq train: its --out folder or its checkpoint.pt")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="test images (one spectrum each)")
+    hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
     p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
-    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model, the data and the eigenvalue problems live")
+    p.add_argument("--device", type=device_arg, default=default_device(),
+                   help="where the model, the data and the eigenvalue problems live (default: cuda when "
+                        "available)")
     args = p.parse_args(argv)
-    if args.batch < 1:
-        p.error(f"--batch must be >= 1, got {args.batch}")
-    model, config = load_model(args.checkpoint, device=args.device)
+    model, config = load_checkpoint_model(args.checkpoint, device=args.device)
     if config.get("model", "fc") != "fc":
         p.error("dense (fc) checkpoints only")
     model = model.to(dtype=torch.float64)
-    x, _ = mnist_test_batch(model, args.batch, device=args.device, dtype=torch.float64)
+    x, _ = mnist_test_batch(model, args.batch_size, device=args.device, dtype=torch.float64)
     rows, n = pr_spectrum(model, x, args.alphas)
     print("   α      ρ   median|λ|  90%|λ|  #|λ|≥0.8ρ   PR it. to 1e-4   log(1e-4)/log ρ")
     for row in rows:

@@ -1,0 +1,13 @@
+"""Check a lent accelerator in one capped run (≤ 8 minutes): the CUDA tests, training-step times
+(eager, compiled, bf16) on the device and the CPU, and a CIFAR-10-sized epoch extrapolated to the
+paper's 40 epochs. The same as ``mondeq device-check`` (see :mod:`mondeq.cli.device_check`).
+
+    python experiments/device_check.py --out device_check.json
+    python experiments/device_check.py --device cpu --quick
+"""
+import sys
+
+from mondeq.cli.device_check import main
+
+if __name__ == "__main__":
+    sys.exit(main())
