@@ -15,8 +15,8 @@ from mondeq.cli.main import main
 from mondeq.cli.train_options import parse_args
 from mondeq.models import fc_mondeq
 from mondeq.training import train_epoch
-from mondeq.training.step_size import StableStep
-from splitting import max_stable_alpha
+from mondeq.training.step_size import HALVINGS, StableStep, tune_alpha
+from splitting import STEP_LIMITS, max_stable_alpha
 
 
 def small_fc(**kw):
@@ -40,6 +40,26 @@ def test_stable_step_sets_alpha_inside_fb_range():
     StableStep(0.9)(model, *batches(1)[0])
     assert model.layer.alpha == pytest.approx(0.9 * max_stable_alpha(model.layer.linear.operator()))
     assert model.layer.alpha < alpha
+
+
+@pytest.mark.parametrize("solver", ["fb", "anderson-fb", "fbf"])
+def test_alpha_tuning_of_a_step_limited_method_stays_inside_its_range(solver):
+    """The tuner's default grid for FB and FBF is the halvings of 0.9 × the method's step limit,
+    so every trial converges and the chosen α is inside the range (the paper's grid from 1 would
+    start far outside it)."""
+    model = small_fc(alpha=0.5, tol=1e-6, max_iter=3000)
+    model.layer.solver = solver
+    with torch.no_grad():
+        model.layer.linear.F.mul_(2.0)
+    limit = STEP_LIMITS[solver](model.layer.linear.operator())
+    assert limit < 0.5  # the paper's first candidates are outside the range
+    search = tune_alpha(model.layer, batches(1)[0][0])
+    assert all(t.converged for t in search.trials)
+    assert [t.alpha for t in search.trials] == pytest.approx([0.9 * limit * a for a in HALVINGS[:len(search.trials)]])
+    assert 0 < search.alpha < limit
+    pr = small_fc(alpha=0.5)
+    pr.layer.solver = "pr"
+    assert [t.alpha for t in tune_alpha(pr.layer, batches(1)[0][0], exhaustive=True).trials] == list(HALVINGS)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])

@@ -112,7 +112,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
                               f"checkpoint written by save_checkpoint ({type(err).__name__}); delete "
-                              "it or point --out at another run") from err
+                              "it and train again") from err
     missing = [k for k in ("model", "optimizer", "epoch", "history", "config")
                if not isinstance(state, dict) or k not in state]
     if missing:

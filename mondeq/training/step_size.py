@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from splitting import STEP_LIMITS, LinearOperator, equilibrium, max_stable_alpha
+from splitting import SOLVERS, STEP_LIMITS, LinearOperator, equilibrium, max_stable_alpha
 from ..errors import ConvergenceWarning, StepSizeWarning
 from ..errors import InvalidSettingError, NonFiniteInputError
 
@@ -72,12 +72,26 @@ class AlphaSearch:
         return next(t for t in self.trials if t.alpha == self.alpha)
 
 
-def tune_alpha(layer: MonDEQ, x: Tensor, *, grid: Sequence[float] = HALVINGS,
+def default_grid(layer: MonDEQ, op) -> tuple[float, ...]:
+    """The paper's halvings 1, 1/2, …, 1/64, or, for a step-limited solver (FB, Anderson-FB, FBF:
+    :data:`splitting.STEP_LIMITS`), the same halvings of θ·limit(W) (θ = :data:`STABLE_FRACTION`),
+    so that every candidate lies inside the method's convergent range."""
+    limits = {SOLVERS[name]: limit for name, limit in STEP_LIMITS.items()}
+    limit = limits.get(layer.solver)
+    if limit is None:
+        return HALVINGS
+    with torch.no_grad():
+        top = STABLE_FRACTION * limit(op)
+    return tuple(top * a for a in HALVINGS)
+
+
+def tune_alpha(layer: MonDEQ, x: Tensor, *, grid: Sequence[float] | None = None,
                backward: bool = True, exhaustive: bool = False,
                generator: torch.Generator | None = None) -> AlphaSearch:
     """Pick α from ``grid`` that minimises the iterations the layer needs on batch ``x``.
 
-    Tries α in the given order (default 1, 1/2, …, 1/64) and stops at the first α whose cost does
+    Tries α in the given order (default: :func:`default_grid`, 1, 1/2, …, 1/64, or those
+    halvings of 0.9 × the step limit for FB and FBF) and stops at the first α whose cost does
     not improve on the previous one (the paper's "halve while iterations fall"), unless
     ``exhaustive``. Cost is forward + backward iterations at the layer's own tolerances; runs
     that do not converge (FB beyond 2m/L², too small an α) rank below every converged run. The
@@ -94,13 +108,13 @@ def tune_alpha(layer: MonDEQ, x: Tensor, *, grid: Sequence[float] = HALVINGS,
     Returns:
         :class:`AlphaSearch` with the chosen α (an element of ``grid``) and all trials.
     """
-    grid = [float(a) for a in grid]
-    if not grid or any(not a > 0 for a in grid):
-        raise InvalidSettingError(f"grid must be a non-empty sequence of step sizes > 0, got {grid}")
     layer.linear.check_input(x)
     with torch.no_grad():
         op = layer.linear.operator()
         bias = tuple(b.detach() for b in layer.linear.bias(x))
+    grid = [float(a) for a in (default_grid(layer, op) if grid is None else grid)]
+    if not grid or any(not a > 0 for a in grid):
+        raise InvalidSettingError(f"grid must be a non-empty sequence of step sizes > 0, got {grid}")
     grad = None
     if backward:
         grad = tuple(torch.randn(b.shape, generator=generator, dtype=b.dtype, device="cpu").to(b.device)
@@ -146,12 +160,12 @@ class AlphaTuner:
         grid, backward, exhaustive: as in :func:`tune_alpha`.
     """
 
-    def __init__(self, every: int, *, grid: Sequence[float] = HALVINGS, backward: bool = True,
+    def __init__(self, every: int, *, grid: Sequence[float] | None = None, backward: bool = True,
                  exhaustive: bool = False) -> None:
         if int(every) != every or every < 1:
             raise InvalidSettingError(f"every must be a positive integer, got {every}")
         self.every = int(every)
-        self.grid = tuple(grid)
+        self.grid = None if grid is None else tuple(grid)
         self.backward = backward
         self.exhaustive = exhaustive
         self.steps = 0
