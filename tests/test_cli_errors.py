@@ -41,6 +41,21 @@ def test_train_out_that_is_a_file_is_a_bad_option(capsys):
     assert "--out" in one_error_line(err) and "is a file" in err
 
 
+def test_train_data_root_that_is_a_file_is_a_bad_option(capsys):
+    status, err = command(capsys, "train", "--data-root", str(REPO / "README.md"), "--epochs", "1")
+    assert status == 2
+    line = one_error_line(err)
+    assert "--data-root" in line and "is a file" in line and "mnist/" in line
+
+
+def test_train_without_data_names_the_data_root_options_not_the_python_api(capsys, tmp_path):
+    status, err = command(capsys, "train", "--data-root", str(tmp_path), "--epochs", "1",
+                          "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert status == 1
+    line = one_error_line(err)
+    assert "--data-root" in line and "MONDEQ_DATA" in line and "download=True" not in line
+
+
 def test_compare_checkpoint_folder_without_checkpoint(capsys, tmp_path):
     status, err = command(capsys, "compare", "--checkpoint", str(tmp_path))
     assert status == 1

@@ -174,7 +174,7 @@ def test_dataset_file_error_is_value_error() -> None:
 
 
 def test_missing_file_without_download(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="download=True") as info:
+    with pytest.raises(FileNotFoundError, match="download_mnist") as info:
         load_mnist(tmp_path, train=False, download=False)
     assert TEST_IMAGES in str(info.value)
 

@@ -40,6 +40,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def data_root_arg(text: str) -> Path:
+    """argparse type of ``--data-root``: a folder (it need not exist yet), never a file."""
+    path = Path(text)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give the folder that holds mnist/, cifar10/, svhn/ "
+                                         "(or the files in torchvision's layout)")
+    return path
+
+
 def default_device() -> str:
     """The one ``--device`` default of every command: cuda when available, else cpu."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ from ..models import MODELS
 from ..training.resume import explicit_options, merge_saved_config
 from ..training.schedules import SCHEDULES
 from ..training.step_size import FB_SOLVERS, STABLE_FRACTION
-from .options import device_arg
+from .options import data_root_arg, device_arg
 
 DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver "
                "iterations, Lipschitz bound and certified ℓ2 accuracy.")
@@ -36,7 +36,7 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    p.add_argument("--data-root", type=Path, default=None,
+    p.add_argument("--data-root", type=data_root_arg, default=None,
                    help="folder holding mnist/, cifar10/, svhn/, or the files in torchvision's layout "
                         "(MNIST/raw/, cifar-10-batches-py/, *_32x32.mat) (default: $MONDEQ_DATA, the "
                         "checkout's data/, then ~/.cache/mondeq)")

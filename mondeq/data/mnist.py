@@ -241,8 +241,8 @@ def load_mnist(
         if not path.is_file():
             if not download:
                 raise MissingDatasetError(
-                    f"MNIST file {path} is missing; pass download=True to "
-                    "load_mnist (or call download_mnist) to fetch it"
+                    f"MNIST file {path} is missing (mondeq.data.download_mnist(root) fetches the "
+                    "four files)"
                 )
             download_mnist(root)
             break
