@@ -1,6 +1,7 @@
 """Compare splitting methods on a trained monDEQ: iterations and wall time to a true residual.
 
-For every method in ``splitting.SOLVERS`` (FB, PR, DR, Anderson on PR and on FB) and every step
+For every method in ``splitting.SOLVERS`` (FB, PR, DR, Anderson on PR and on FB, FBF, ...) and
+the baselines of ``splitting.BASELINES`` (Broyden and Anderson on the plain map), and every step
 size α in a grid (default 1, 1/2, …, 1/64), on one MNIST test batch:
 
 * forward: solve z* = σ(Wz* + Ux + b) from z = 0;
@@ -9,7 +10,7 @@ size α in a grid (default 1, 1/2, …, 1/64), on one MNIST test batch:
 
 and record the iterations and wall time until the TRUE relative residual
 ‖z − σ(Wz + b)‖/‖z‖ (``splitting.natural_residual``; the worst sample of the batch) first falls
-below 1e-2, 1e-4 and 1e-6. Each threshold is one solve with ``tol`` set to it: the solvers stop
+below 1e-2, 1e-4, 1e-6 and 1e-9 (use ``--dtype float64`` for the last). Each threshold is one solve with ``tol`` set to it: the solvers stop
 only once every sample's true residual is confirmed below ``tol``, and report the first such
 iteration, which is what training pays. Times are the same solves repeated (median of
 ``--repeats`` interleaved rounds; by default only for each method's best α, which is what the
@@ -37,12 +38,12 @@ from pathlib import Path
 
 import torch
 
-from splitting import SOLVERS, max_stable_alpha
+from splitting import max_stable_alpha
 
 from ...errors import CheckpointError, InvalidSettingError
 from ...models import MODELS
 from ..options import checkpoint_file, default_device, device_arg, hidden_alias, positive_int
-from .measurement import ALPHAS, THRESHOLDS, Run, best_alpha, measure, time_runs
+from .measurement import ALPHAS, METHODS, THRESHOLDS, Run, best_alpha, measure, time_runs
 from .problem import load_model, mnist_test_batch, problems, quick_model
 from .report import alpha_label, cell, markdown, plot, write_csv
 
@@ -58,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=10000, help="training images for the quick model")
     p.add_argument("--batch-size", type=positive_int, default=128, help="test batch size")
     hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
-    p.add_argument("--methods", nargs="+", default=list(SOLVERS), choices=sorted(SOLVERS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(METHODS),
+                   help="splitting methods and the baselines on the plain map (broyden, "
+                        "anderson-plain: no convergence guarantee)")
     p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     p.add_argument("--max-iter", type=int, default=400, help="iteration cap per solve")
     p.add_argument("--anderson-memory", type=int, default=5, help="Anderson memory (pairs kept)")

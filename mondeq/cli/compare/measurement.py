@@ -18,13 +18,20 @@ from typing import Callable
 
 import torch
 
-from splitting import SOLVERS, STEP_LIMITS, SolverResult, StepSizeWarning
+from splitting import BASELINES, SOLVERS, STEP_LIMITS, SolverResult, StepSizeWarning
 from splitting.state import batch_norm
 
 from .problem import SplittingProblem
 
-THRESHOLDS = (1e-2, 1e-4, 1e-6)
-"""True relative residuals at which iterations and times are recorded."""
+THRESHOLDS = (1e-2, 1e-4, 1e-6, 1e-9)
+"""True relative residuals at which iterations and times are recorded (those a dtype can reach:
+:func:`reachable`)."""
+
+
+def reachable(threshold: float, dtype: torch.dtype) -> bool:
+    """Whether a relative residual of ``threshold`` is meaningful in ``dtype`` (≥ 10 machine
+    epsilons: 1e-9 is not, in float32)."""
+    return threshold >= 10 * torch.finfo(dtype).eps
 
 ALPHAS = tuple(2.0 ** -k for k in range(7))
 """The default step-size grid 1, 1/2, …, 1/64."""
@@ -54,9 +61,14 @@ class Run:
     fastest: dict[float, float] = field(default_factory=dict)  # threshold -> fastest repeat
 
 
+METHODS = {**SOLVERS, **BASELINES}
+"""What the comparison can run: the splitting methods, and the generic DEQ baselines on the plain
+map (Broyden, Anderson; no convergence guarantee, :data:`splitting.BASELINES`)."""
+
+
 def solver_for(name: str, memory: int) -> Callable[..., SolverResult]:
-    """The method ``name`` of :data:`splitting.SOLVERS`, with the Anderson memory bound."""
-    solver = SOLVERS[name]
+    """The method ``name`` of :data:`METHODS`, with the Anderson memory bound."""
+    solver = METHODS[name]
     return functools.partial(solver, memory=memory) if name.startswith("anderson") else solver
 
 
@@ -67,7 +79,7 @@ def measure(direction: str, name: str, alpha: float, problem: SplittingProblem, 
 
     Args:
         direction: ``"forward"`` or ``"backward"`` (a label; the problem says what is solved).
-        name: a key of :data:`splitting.SOLVERS`.
+        name: a key of :data:`METHODS`.
         alpha: the step size.
         problem: the problem; its :meth:`~SplittingProblem.resolvent` is reused, as in training.
         max_iter: iteration cap per solve.
@@ -86,6 +98,8 @@ def measure(direction: str, name: str, alpha: float, problem: SplittingProblem, 
                 solver(problem.op, problem.prox, problem.bias, alpha=alpha, tol=1.0, max_iter=1,
                        check_step="warn")
             for eps in sorted(THRESHOLDS, reverse=True):
+                if not reachable(eps, problem.bias[0].dtype):
+                    break
                 result = call(tol=eps, max_iter=max_iter)
                 if not result.converged:
                     break
@@ -105,7 +119,8 @@ def measure(direction: str, name: str, alpha: float, problem: SplittingProblem, 
     unguaranteed = step_limited and alpha >= STEP_LIMITS[name](problem.op)
     grew = (any(math.isnan(r) for r in trace)
             or (unguaranteed and len(trace) > len(early) and trace[-1] >= min(early)))
-    if iterations[min(THRESHOLDS)] is not None:
+    tightest = min(e for e in THRESHOLDS if reachable(e, problem.bias[0].dtype))
+    if iterations[tightest] is not None:
         status = "converged"
     elif blew_up or grew:
         status = "diverged"

@@ -59,12 +59,13 @@ def markdown(runs: list[Run], methods: list[str], alphas: list[float], info: dic
         lines += ["", "`div`: diverged (non-finite, the iterate blew up, or no progress at all: "
                   "bounded oscillation); `–`: still converging, not reached within max_iter.", ""]
         lines += [f"## {direction.capitalize()}: each method at its best α (fewest iterations to 1e-4)", "",
-                  "| method | best α | it. to 1e-2 | it. to 1e-4 | it. to 1e-6 | ms to 1e-2 | ms to 1e-4 | ms to 1e-6 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | best α | " + " | ".join(f"it. to {sci(e)}" for e in THRESHOLDS) + " | "
+                  + " | ".join(f"ms to {sci(e)}" for e in THRESHOLDS) + " |",
+                  "|---|---:|" + "---:|" * (2 * len(THRESHOLDS))]
         for m in methods:
             b = best_alpha(runs, direction, m)
             if b is None:
-                lines.append(f"| {m} | – | – | – | – | – | – | – |")
+                lines.append(f"| {m} | – | " + " | ".join("–" for _ in range(2 * len(THRESHOLDS))) + " |")
                 continue
             its = " | ".join(cell(b, e) for e in THRESHOLDS)
             ms = " | ".join(f"{1000 * b.times[e]:.2f}" if b.times[e] is not None else "–" for e in THRESHOLDS)
@@ -74,13 +75,19 @@ def markdown(runs: list[Run], methods: list[str], alphas: list[float], info: dic
     return "\n".join(lines)
 
 
+def sci(threshold: float) -> str:
+    """``1e-4`` for 0.0001 (Python's ``1e-04`` without the zero)."""
+    mantissa, exponent = f"{threshold:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def checks(runs: list[Run], methods: list[str], alphas: list[float], info: dict) -> list[str]:
     """The claims the comparison tests, each as a sentence with its verdict."""
     out = []
     fwd = [r for r in runs if r.direction == "forward"]
     if "pr" in methods:
         pr_ok = all(r.status == "converged" for r in fwd if r.method == "pr")
-        out.append(f"PR converges (to 1e-6) for every α in the grid: {'yes' if pr_ok else 'no'}.")
+        out.append(f"PR converges (to {sci(min(THRESHOLDS))}) for every α in the grid: {'yes' if pr_ok else 'no'}.")
     if "fb" in methods:
         div = sorted(alpha_label(r.alpha) for r in fwd if r.method == "fb" and r.status == "diverged")
         warned = sorted(alpha_label(r.alpha) for r in fwd if r.method == "fb" and r.step_warning)
