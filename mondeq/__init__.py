@@ -21,8 +21,9 @@ from .operators import (ConvOperator, ConvResolvent, MonotoneConv, MonotoneLinea
 from .parametrisation import MonotoneParametrisation
 from .robustness import (AttackResult, Certificate, LipschitzMarginLoss, certified_accuracy,
                          certified_radius, certify, equilibrium_error_bound, lipschitz_bound,
-                         margin_lipschitz, margin_lipschitz_matrix, pairwise_margin_norms, pgd,
-                         robust_accuracy)
+                         margin_lipschitz, margin_lipschitz_matrix, pairwise_lipschitz,
+                         pairwise_margin_norms, pgd,
+                         robust_accuracy, WeightPerturbationBound, weight_lipschitz_bound)
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "MonotoneLinear", "MonotoneMultiTier", "MonotoneParametrisation", "MultiTierOperator",
     "MultiTierResolvent", "NonAffineReadoutError", "TierPool", "build_model", "certified_accuracy",
     "certified_radius", "certify", "equilibrium_error_bound", "fc_mondeq", "lipschitz_bound", "load_run",
-    "margin_lipschitz", "margin_lipschitz_matrix", "multitier_mondeq", "pairwise_margin_norms",
+    "margin_lipschitz", "margin_lipschitz_matrix", "multitier_mondeq", "pairwise_lipschitz",
+    "pairwise_margin_norms",
     "pgd", "robust_accuracy", "single_conv_mondeq", "solver_settings",
+    "WeightPerturbationBound", "weight_lipschitz_bound",
 ]

@@ -12,6 +12,7 @@ from .forward_backward import forward_backward, max_stable_alpha
 from .forward_backward_forward import forward_backward_forward, max_stable_alpha_fbf
 from .implicit import BackwardProblem, EquilibriumStats, equilibrium
 from .loop import natural_residual, relative_residual
+from .newton import newton
 from .operator import DenseOperator, LinearOperator, Resolvent, TransposedOperator
 from .peaceman_rachford import peaceman_rachford
 from .prox import DiagonalQuadratic, Prox, ReLU, SoftThreshold
@@ -20,8 +21,10 @@ from .result import SolverResult
 from .state import State, as_state
 
 SOLVERS = {"fb": forward_backward, "pr": peaceman_rachford, "dr": douglas_rachford,
-           "anderson-pr": anderson_pr, "anderson-fb": anderson_fb, "fbf": forward_backward_forward}
-"""Splitting methods by short name (the CLI's ``--solver``)."""
+           "anderson-pr": anderson_pr, "anderson-fb": anderson_fb, "fbf": forward_backward_forward,
+           "newton": newton}
+"""Splitting methods by short name (the CLI's ``--solver``); ``"newton"`` is semismooth Newton
+safeguarded by Peaceman-Rachford steps (:mod:`splitting.newton`)."""
 
 BASELINES = {"broyden": broyden, "anderson-plain": anderson_plain}
 """Comparison baselines on the plain map z ↦ σ(Wz + b) (:mod:`splitting.baselines`), same
@@ -41,5 +44,5 @@ __all__ = [
     "StepSizeWarning", "Tanh", "TransposedOperator", "UnsupportedDerivativeError", "anderson",
     "anderson_fb", "anderson_plain", "anderson_pr", "as_state", "broyden", "douglas_rachford",
     "equilibrium", "forward_backward", "forward_backward_forward", "max_stable_alpha",
-    "max_stable_alpha_fbf", "natural_residual", "peaceman_rachford", "relative_residual",
+    "max_stable_alpha_fbf", "natural_residual", "newton", "peaceman_rachford", "relative_residual",
 ]

@@ -37,7 +37,7 @@ def test_rows_are_the_papers(reproduce) -> None:
     rows = reproduce.ROWS
     assert list(rows) == ["mnist-fc", "mnist-conv", "mnist-multitier", "svhn-conv", "svhn-multitier",
                           "cifar10-conv", "cifar10-multitier", "cifar10-aug-conv",
-                          "cifar10-aug-multitier"]
+                          "cifar10-aug-multitier", "cifar10-certified-conv"]
     expected = {  # row: (width, paper accuracy)
         "mnist-fc": ((87,), 98.1), "mnist-conv": ((54,), 99.1), "mnist-multitier": ((16, 32, 32), 99.0),
         "svhn-conv": ((81,), 88.7), "svhn-multitier": ((16, 32, 60), 92.4),
@@ -47,6 +47,9 @@ def test_rows_are_the_papers(reproduce) -> None:
     for name, (width, paper) in expected.items():
         assert (rows[name].width, rows[name].paper) == (width, paper)
         assert rows[name].augment == ("aug" in name)
+    certified = rows["cifar10-certified-conv"]  # not the paper's: certified training at 36/255
+    assert certified.paper is None and abs(certified.certified_eps - 36 / 255) < 1e-15
+    assert {"--certified-eps", "--loss"} <= set(certified.train_args())
 
 
 def test_list_prints_every_row_with_its_command(reproduce, capsys, tmp_path: Path) -> None:

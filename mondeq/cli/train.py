@@ -22,11 +22,12 @@ from splitting import STEP_LIMITS
 from ..data import DATASETS, Augmentation, load_dataset
 from ..errors import CheckpointError, MissingDependencyError, NonFiniteInputError
 from ..models import build_model
-from ..robustness import LipschitzMarginLoss
+from ..robustness.certified_losses import make_certified_loss
 from ..training import (DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint,
                         train_epoch)
 from ..training.data_order import epoch_order
 from ..training.logs import EpochLog, tensorboard_available
+from ..training.regularisers import make_operator_penalty, operator_norm_bound
 from ..training.distributed import (DistInfo, broadcast_object, rank_batches, setup, shard, teardown,
                                     wrap_model)
 from ..training.resume import gather_objects, plain
@@ -34,6 +35,7 @@ from ..training.schedules import make_schedule
 from ..training.step_size import STEP_RULES, AlphaTuner, StableStep
 from .main import error_text
 from .plots import plot_curves
+from .robustness_report import looseness_report
 from .train_options import MODELS, TIGHT_TOL, parse_args, resume_config
 
 __all__ = ["MODELS", "Run", "execute", "load_data", "main", "report", "run"]
@@ -68,12 +70,14 @@ class Run:
                                        milestones=milestones, gamma=args.gamma)
         self.loss_fn = None
         if args.certified_eps > 0:  # a pixel-scale radius, as the model's inputs
-            self.loss_fn = LipschitzMarginLoss(self.model, args.certified_eps,
+            self.loss_fn = make_certified_loss(getattr(args, "loss", "margin"), self.model, args.certified_eps,
                                                warmup_steps=round(args.certified_warmup * total),
                                                ramp_steps=round(args.certified_ramp * total),
                                                lipschitz_penalty=args.lipschitz_penalty,
                                                lipschitz_target=args.lipschitz_target,
                                                power_iterations=args.power_iterations)
+        self.regulariser = make_operator_penalty(self.model, getattr(args, "operator_penalty", 0.0),
+                                                 iterations=getattr(args, "operator_penalty_iterations", 0))
         self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
         # FB without --alpha: α = 0.9·2m/L² from the current W before every step (and evaluation)
         self.step_rule = (StableStep(limit=STEP_LIMITS[args.solver])
@@ -97,7 +101,8 @@ class Run:
         if not self.info.is_main:
             return
         extra = {"partial": partial, "tuner": self.tuner.state_dict() if self.tuner is not None else None,
-                 "loss": self.loss_fn.state_dict() if self.loss_fn is not None else None}
+                 "loss": self.loss_fn.state_dict() if self.loss_fn is not None else None,
+                 "regulariser": self.regulariser.state_dict() if self.regulariser is not None else None}
         save_checkpoint(self.checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         epoch=epoch, history=self.history, config=self.config, extra=extra)
 
@@ -116,6 +121,8 @@ class Run:
             self.tuner.load_state_dict(extra["tuner"])
         if self.loss_fn is not None and extra.get("loss") is not None:
             self.loss_fn.load_state_dict(extra["loss"])
+        if self.regulariser is not None and extra.get("regulariser") is not None:
+            self.regulariser.load_state_dict(extra["regulariser"])
 
     def train(self, model: torch.nn.Module, epoch: int):
         """One epoch (or the rest of one, after a checkpoint taken inside it)."""
@@ -138,7 +145,7 @@ class Run:
         return train_epoch(model, self.optimizer, self.epoch_batches(epoch, skip), steps=self.steps,
                            scheduler=self.scheduler, desc=f"epoch {epoch}/{args.epochs}",
                            loss_fn=self.loss_fn, on_batch=self.tuner or self.step_rule, amp=args.amp,
-                           progress=self.info.is_main, sums=sums,
+                           progress=self.info.is_main, sums=sums, regulariser=self.regulariser,
                            after_step=after_step if args.checkpoint_every else None)
 
     def epoch_batches(self, epoch: int, skip: int = 0):
@@ -259,6 +266,7 @@ def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: f
             "train_eps": run.loss_fn.current_eps() if run.loss_fn is not None else 0.0,
             "alpha": run.model.layer.alpha, "forward_failed": stats.forward_failed,
             "backward_failed": stats.backward_failed, "test_failed": ev.failed,
+            "operator_norm": operator_norm_bound(run.model),
         })
         say(f"epoch {epoch}: loss {stats.loss:.4f}  test acc {100 * ev.accuracy:.2f}%  "
             f"iterations fwd {stats.forward_iterations:.1f} bwd {stats.backward_iterations:.1f}  "
@@ -311,6 +319,10 @@ def report(run: Run, train_wall: float, say) -> dict:
                          epsilons=args.epsilons)
         result["certified_tight"] = {"tol": TIGHT_TOL, "slack": tight.mean_slack,
                                      "certified": {str(k): v for k, v in tight.certified.items()}}
+    loose = (looseness_report(run.model, run.test_data.images, run.test_data.labels, args.epsilons)
+             if args.certified_eps > 0 and run.info.is_main else None)  # float64 copy, 100 images
+    if loose is not None:
+        result["looseness"] = loose[0]
     if run.info.is_main:
         write_results(run, result)
         plot_curves(run.history, args.out / "curves.png")
@@ -335,6 +347,10 @@ def report(run: Run, train_wall: float, say) -> dict:
             say(f"                           the solver-error slack is large next to ε (a large ‖I − W‖₂): "
                 f"`python experiments/certify.py {args.out} --dtype float64 --tol 1e-9` certifies with "
                 f"a float64 solve at tol 1e-9")
+    say(f"  ‖I − W‖₂                 {final['operator_norm']:.3f} (m = {args.m:g}; nonlinearity "
+        f"{getattr(args, 'nonlinearity', 'relu')})")
+    for line in loose[1] if loose is not None else []:
+        say(f"  looseness                {line}")
     say(f"  training wall time       {train_wall:.1f} s")
     say(f"  wrote {args.out / 'results.json'}, {args.out / 'metrics.csv'}, {args.out / 'curves.png'}, "
         f"{run.checkpoint}" + (f", {args.out / 'tensorboard'}/" if getattr(args, "tensorboard", False) else ""))

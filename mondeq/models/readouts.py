@@ -81,3 +81,40 @@ class TierPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tiers={self.tiers!r}, output_size={self.output_size}"
+
+
+class NormalizedLinear(nn.Linear):
+    r"""A linear head whose rows have unit ℓ2 norm: last-layer normalisation (Singla, Singla &
+    Feizi, "Improved deterministic ℓ2 robustness on CIFAR-10 and CIFAR-100", ICLR 2022).
+
+    .. math:: h_j = \frac{\langle w_j, z\rangle}{\|w_j\|_2} + c_j ,\qquad
+              \hat H_{j\cdot} = w_j / \|w_j\|_2 .
+
+    The free parameters are the raw rows :math:`w_j` (``weight``, so the state dict keeps the
+    keys of an ``nn.Linear``) and the bias; the map applied, and the matrix the certificates read
+    (:func:`~mondeq.robustness.lipschitz.head_matrix`, which differentiates the head as an affine
+    map), is :math:`\hat H`. So the margin constants :math:`\|\hat H_y - \hat H_j\|_2 \le 2` are
+    those of exactly the logits the model outputs. Declares ``affine = True`` (it is linear in
+    its input for any fixed parameters).
+    """
+
+    affine = True
+
+    def normalized_weight(self) -> Tensor:
+        r""":math:`\hat H`: the rows of ``weight`` divided by their norms, shape (out, in)."""
+        return self.weight / self.weight.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nnf.linear(x, self.normalized_weight(), self.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "NormalizedLinear":
+        """The normalised head with ``linear``'s raw weights and bias (same shapes, dtype, device)."""
+        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws nothing
+            head = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                       device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            head.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                head.bias.copy_(linear.bias)
+        return head

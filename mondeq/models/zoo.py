@@ -13,8 +13,9 @@ from ..operators.conv import MonotoneConv
 from ..operators.dense import MonotoneLinear
 from ..operators.multitier import MonotoneMultiTier
 from .classifier import MonDEQClassifier
+from .nonlinearities import make_nonlinearity
 from .normalization import InputNormalization
-from .readouts import AvgPoolState, TierPool
+from .readouts import AvgPoolState, NormalizedLinear, TierPool
 
 
 def _normalization(mean: Sequence[float] | float | None,
@@ -165,7 +166,10 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     ``"fc"``), ``dataset`` (for the input shape and the default widths; default ``"mnist"``) or
     explicit ``in_channels``, ``image_size``, ``num_classes``; ``hidden`` (fc; default 87),
     ``channels`` (conv: one width, multitier: one per tier; default :data:`DEFAULT_CHANNELS`),
-    and the layer settings :data:`SOLVER_KEYS`. Parameters are drawn from the global RNG, in
+    the layer settings :data:`SOLVER_KEYS`, ``nonlinearity`` (a name of
+    :data:`~mondeq.models.nonlinearities.NONLINEARITIES`; default and absent: ``"relu"``, so runs
+    saved before the key existed rebuild as they were), and ``normalize_head`` (a row-normalised head,
+    :class:`~mondeq.models.readouts.NormalizedLinear`). Parameters are drawn from the global RNG, in
     the same order as the constructors draw them.
 
     The model owns its input normalisation and takes pixel-scale inputs: the dataset's per-channel
@@ -173,16 +177,19 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     ``normalize: False`` (identity; also the default for explicit shape keys without a dataset).
 
     Raises:
-        InvalidSettingError: an unknown model or dataset, or channels that do not fit the model.
+        InvalidSettingError: an unknown model, dataset or nonlinearity, or channels that do not
+            fit the model.
     """
     kind = config.get("model") or "fc"
     if kind not in MODELS:
         raise InvalidSettingError(f"unknown model {kind!r}; choose one of {list(MODELS)}")
     in_channels, image_size, classes = _input_shape(config)
     settings = {k: config[k] for k in SOLVER_KEYS if config.get(k) is not None}
+    settings["nonlinearity"] = make_nonlinearity(config.get("nonlinearity"))
     settings.update(_config_normalization(config, in_channels))
     if kind == "fc":
-        return fc_mondeq(in_channels * image_size ** 2, int(config.get("hidden") or 87), classes, **settings)
+        return _with_head(config, fc_mondeq(in_channels * image_size ** 2, int(config.get("hidden") or 87),
+                                            classes, **settings))
     channels = config.get("channels")
     if channels is None:
         channels = DEFAULT_CHANNELS[kind].get(config.get("dataset", "mnist"), DEFAULT_CHANNELS[kind]["mnist"])
@@ -190,5 +197,13 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     if kind == "conv":
         if len(channels) != 1:
             raise InvalidSettingError(f"channels: the conv model takes one width, got {list(channels)}")
-        return single_conv_mondeq(in_channels, image_size, channels[0], classes, **settings)
-    return multitier_mondeq(in_channels, image_size, channels, classes, **settings)
+        return _with_head(config, single_conv_mondeq(in_channels, image_size, channels[0], classes, **settings))
+    return _with_head(config, multitier_mondeq(in_channels, image_size, channels, classes, **settings))
+
+
+def _with_head(config: Mapping[str, Any], model: MonDEQClassifier) -> MonDEQClassifier:
+    """``model`` with its head row-normalised when the config says ``normalize_head: True``
+    (:class:`~mondeq.models.readouts.NormalizedLinear`, same weights, no random draws)."""
+    if config.get("normalize_head"):
+        model.head = NormalizedLinear.from_linear(model.head)
+    return model

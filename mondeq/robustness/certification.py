@@ -32,7 +32,9 @@ from splitting.state import batch_norm
 from ..errors import InputScaleError, InvalidSettingError
 from ..layer import MonDEQ, solver_settings
 from .checks import check_labels
-from .lipschitz import head_matrix, layer_lipschitz_bound, margin_lipschitz, pixel_scale
+from .joint_bound import BOUNDS, joint_radius, pairwise_lipschitz
+from .lipschitz import (head_matrix, layer_lipschitz_bound, margin_lipschitz, pairwise_margin_norms,
+                        pixel_scale)
 
 #: Iteration cap used when :func:`certify` re-solves at a tighter tolerance and none is given.
 TIGHT_MAX_ITER = 2000
@@ -146,6 +148,9 @@ class Certificate:
             factor from the layer's (normalised) input scale to pixels.
         forward_iterations: mean forward-solver iterations per chunk.
         certified: certified accuracy at the ``epsilons`` passed to :func:`certify`.
+        bound: the margin constants used: ``"product"`` (‖H_y − H_j‖·‖U‖₂/(m·s)) or ``"joint"``
+            (:func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`; then each margin pays
+            ‖H_y − H_j‖·δ and ``slack`` is the clamped radius lost to it).
     """
 
     radius: Tensor
@@ -159,6 +164,7 @@ class Certificate:
     pixel_scale: float
     forward_iterations: float
     certified: dict[float, float]
+    bound: str = "product"
 
     @property
     def correct(self) -> Tensor:
@@ -173,7 +179,7 @@ class Certificate:
 @torch.no_grad()
 def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[float] = (),
             tol: float | None = None, max_iter: int | None = None, batch_size: int | None = 1000,
-            input_scale: None = None) -> Certificate:
+            input_scale: None = None, bound: str = "product") -> Certificate:
     r"""Sound per-example certified ℓ2 radii, in pixel scale, of a :class:`~mondeq.models.MonDEQClassifier`.
 
     The layer returns the solver's state :math:`\hat z` and the head reads it; the residual
@@ -199,6 +205,8 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
         max_iter: iteration cap for that solve (default: ``TIGHT_MAX_ITER`` when ``tol`` is given).
         batch_size: examples per solve, ≥ 1 (``None``: all at once).
         input_scale: refused: the model owns its normalisation, radii are in pixels.
+        bound: ``"product"`` or ``"joint"``, the tighter joint constants of
+            :mod:`~mondeq.robustness.joint_bound` (never larger; same solver slack per margin).
 
     Returns:
         a :class:`Certificate`.
@@ -224,6 +232,8 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
                                    or batch_size < 1):
         raise InvalidSettingError(f"certify: batch_size must be a whole number ≥ 1 (or None for one "
                                   f"batch), got {batch_size!r}")
+    if bound not in BOUNDS:
+        raise InvalidSettingError(f"certify: bound must be one of {BOUNDS}, got {bound!r}")
     layer: MonDEQ = model.layer
     linear = layer.linear
     x = model.layer_input(x)  # checks the shape, normalises: what the layer sees
@@ -240,7 +250,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     if max_iter is None and tol is not None:
         max_iter = max(layer.max_iter, TIGHT_MAX_ITER)
     size = batch_size if batch_size is not None else max(len(x), 1)
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("pred", "label", "r0", "delta", "res")}
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("pred", "label", "r0", "delta", "res", "logits")}
     iterations = []
     try:
         with solver_settings(layer, tol=tol, max_iter=max_iter):
@@ -256,6 +266,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
                 parts["r0"].append(certified_radius(logits, label, margin_lip.to(logits.dtype)))
                 parts["delta"].append(equilibrium_error_bound(residual, op.m, op_lipschitz))
                 parts["res"].append(residual)
+                parts["logits"].append(logits)
                 iterations.append(stats.forward.iterations)
     finally:
         model.train(was_training)
@@ -263,9 +274,14 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     slack = cat["delta"] / lipschitz * scale
     radius_unsound = cat["r0"] * scale
     radius = (radius_unsound - slack).clamp(min=0).nan_to_num(nan=0.0)  # NaN: a diverged solve
+    if bound == "joint" and len(x):
+        gamma, norms = pairwise_lipschitz(model), pairwise_margin_norms(head.to(torch.float64))
+        radius_unsound = joint_radius(cat["logits"], cat["label"], gamma, norms).to(radius.dtype)
+        radius = joint_radius(cat["logits"], cat["label"], gamma, norms, cat["delta"]).to(radius.dtype)
+        slack = radius_unsound - radius
     epsilons = list(epsilons)
     return Certificate(radius=radius, prediction=cat["pred"], label=cat["label"],
                        radius_unsound=radius_unsound, slack=slack, state_error=cat["delta"],
                        residual=cat["res"], lipschitz=lipschitz / scale, pixel_scale=scale,
                        forward_iterations=sum(iterations) / max(len(iterations), 1),
-                       certified=certified_accuracy(radius, epsilons))
+                       certified=certified_accuracy(radius, epsilons), bound=bound)

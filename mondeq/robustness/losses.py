@@ -139,16 +139,30 @@ class LipschitzMarginLoss(nn.Module):
         eps = self.current_eps()
         if model.training:
             self.step += 1
-        loss = logits.new_zeros(())
+        loss, k = logits.new_zeros(()), None
         if eps > 0 or self.lipschitz_penalty > 0:
             linear = model.layer.linear
             u_norm = linear.input_norm() if self.norm_estimate is None else self.norm_estimate()
-            k = margin_lipschitz_matrix(model, input_norm=u_norm)
             if eps > 0:
-                logits = lipschitz_margin_logits(logits, labels, k, eps)
+                k = margin_lipschitz_matrix(model, input_norm=u_norm)
             if self.lipschitz_penalty > 0:
                 loss = loss + self.lipschitz_penalty * torch.relu(u_norm / linear.m - self.lipschitz_target) ** 2
-        return loss + nn.functional.cross_entropy(logits, labels)
+        return loss + self.objective(logits, labels, k, eps)
+
+    def objective(self, logits: Tensor, labels: Tensor, margin_lip: Tensor | None, eps: float) -> Tensor:
+        r"""The loss of the logits at the current :math:`\varepsilon_k`, here
+        :math:`\mathrm{CE}(h + \varepsilon_k K_{y\cdot}, y)`; subclasses
+        (:mod:`.certified_losses`) replace it and keep the schedule, the penalty and the state.
+
+        Args:
+            logits: :math:`h`, shape (batch, K).
+            labels: shape (batch,).
+            margin_lip: :math:`K` with its graph, shape (K, K); ``None`` when ``eps == 0``.
+            eps: :math:`\varepsilon_k` (pixel scale).
+        """
+        if margin_lip is not None:
+            logits = lipschitz_margin_logits(logits, labels, margin_lip, eps)
+        return nn.functional.cross_entropy(logits, labels)
 
     def extra_repr(self) -> str:
         return (f"eps={self.eps:g}, ramp_steps={self.ramp_steps}, warmup_steps={self.warmup_steps}, "

@@ -163,7 +163,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 on_batch: Callable[[nn.Module, Tensor, Tensor], None] | None = None,
                 amp: bool = False, progress: bool = True, refresh: int = 10,
                 sums: EpochSums | None = None,
-                after_step: Callable[[EpochSums], None] | None = None) -> EpochStats:
+                after_step: Callable[[EpochSums], None] | None = None,
+                regulariser: Callable[[], Tensor] | None = None) -> EpochStats:
     """One pass of training (cross entropy by default), with a progress bar.
 
     Args:
@@ -185,6 +186,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             remaining batches and ``steps`` still counts the whole epoch).
         after_step: ``after_step(sums)`` called after every step (e.g. a periodic checkpoint);
             it costs no synchronisation unless it reads the sums (``sums.state_dict()``).
+        regulariser: ``regulariser() -> scalar`` added to every step's loss outside autocast,
+            e.g. :class:`mondeq.training.regularisers.OperatorNormPenalty` (λ‖I − W‖₂); the
+            reported loss then includes it.
 
     Solves that do not converge raise no warning here: they are counted in
     ``forward_failed`` / ``backward_failed`` of the returned stats.
@@ -192,11 +196,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     with counted_failures():
         return _train_epoch(model, optimizer, data, steps=steps, scheduler=scheduler, desc=desc,
                             loss_fn=loss_fn, on_batch=on_batch, amp=amp, progress=progress,
-                            refresh=refresh, sums=sums, after_step=after_step)
+                            refresh=refresh, sums=sums, after_step=after_step, regulariser=regulariser)
 
 
 def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_batch, amp, progress,
-                 refresh, sums, after_step) -> EpochStats:
+                 refresh, sums, after_step, regulariser) -> EpochStats:
     model.train()
     device = _model_device(model)
     cuda = device.type == "cuda"
@@ -218,6 +222,8 @@ def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_
         with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             logits, stats = model.forward_with_stats(x)
             loss = nn.functional.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
+        if regulariser is not None:
+            loss = loss + regulariser()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
