@@ -36,6 +36,7 @@ from ..errors import InvalidSettingError
 from ..operators.conv import ConvOperator, MonotoneConv
 from ..operators.dense import MonotoneLinear
 from ..operators.fft import half_spectrum_weights, kernel_blocks
+from ..operators.multitier.norm import alias_groups
 from ..operators.multitier.operator import MonotoneMultiTier, MultiTierOperator
 from ..parametrisation import MonotoneParametrisation
 
@@ -150,50 +151,13 @@ def _conv(linear: MonotoneConv, d: Tensor) -> QuadraticBlocks:
 
 
 def _multitier(linear: MonotoneMultiTier, d: Tensor) -> QuadraticBlocks:
-    r"""Alias groups of I − W (as :func:`~mondeq.operators.multitier.norm.exact_norm` builds them:
+    r"""Alias groups of I − W (:func:`~mondeq.operators.multitier.norm.alias_groups`:
     diagonal :math:`D_i + L_i^H L_i`, coupling :math:`\hat A_{i+1}^H L_i`), with P on tier 0."""
     op: MultiTierOperator = linear.operator()
-    a, g, c = op.spectra()
-    maps, tiers = op.alias_maps(), op.tiers
-    nf = a[-1].shape[0]
-    index = [torch.arange(nf).view(-1, 1)]
-    conj = [torch.zeros(nf, 1, dtype=torch.bool)]
-    for i in range(tiers - 2, -1, -1):  # members of tier i under each last-tier frequency
-        parent = index[0]
-        index.insert(0, maps[i].fold_index[parent].reshape(nf, -1))
-        conj.insert(0, (maps[i].fold_conj[parent] ^ conj[0].unsqueeze(-1)).reshape(nf, -1))
-
-    def members(blocks: Tensor, i: int) -> Tensor:
-        picked = blocks[index[i]]
-        flags = conj[i].view(*conj[i].shape, *(1,) * (picked.ndim - 2))
-        return torch.where(flags, picked.conj(), picked)
-
-    chans = [x.shape[-1] for x in a]
-    dims = [ci * index[i].shape[1] for i, ci in enumerate(chans)]
-    offsets = [sum(dims[:i]) for i in range(tiers + 1)]
-    x = torch.zeros(nf, offsets[-1], offsets[-1], dtype=torch.complex128)
-    for i in range(tiers):
-        ci = chans[i]
-        diag = members(op.m * torch.eye(ci, dtype=a[i].dtype) + a[i].mH @ a[i] + g[i] - g[i].mH, i)
-        for k in range(index[i].shape[1]):
-            lo = offsets[i] + k * ci
-            x[:, lo:lo + ci, lo:lo + ci] = diag[:, k]
-        if i + 1 == tiers:
-            break
-        cn = chans[i + 1]
-        half_c = 0.5 * members(c[i], i)
-        coupling = torch.zeros(nf, dims[i + 1], dims[i], dtype=x.dtype)  # L_i
-        for k in range(index[i].shape[1]):
-            coupling[:, (k // 4) * cn:(k // 4 + 1) * cn, k * ci:(k + 1) * ci] = half_c[:, k]
-        a_next = torch.zeros(nf, dims[i + 1], dims[i + 1], dtype=x.dtype)
-        a_members = members(a[i + 1], i + 1)
-        for q in range(index[i + 1].shape[1]):
-            a_next[:, q * cn:(q + 1) * cn, q * cn:(q + 1) * cn] = a_members[:, q]
-        rows, cols = slice(offsets[i], offsets[i + 1]), slice(offsets[i + 1], offsets[i + 2])
-        x[:, rows, rows] += coupling.mH @ coupling
-        off = a_next.mH @ coupling
-        x[:, cols, rows] += off
-        x[:, rows, cols] += off.mH
+    groups = alias_groups(op)
+    x, index, members = groups.x, groups.index, groups.members
+    chans = [blocks.shape[-1] for blocks in groups.spectra[0]]
+    nf, tiers = x.shape[0], op.tiers
     u = kernel_blocks(linear.U.weight, linear.sizes[0]) * d.to(torch.complex128)
     pu = members(u @ u.mH, 0)  # (nf, members of tier 0, c0, c0)
     p = torch.zeros_like(x)

@@ -7,6 +7,8 @@ relative, beyond that margin).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -16,9 +18,36 @@ from ..fft import kernel_blocks
 EXACT_GROUP_LIMIT = 512
 
 
+@dataclass(frozen=True)
+class AliasGroups:
+    r"""I − W of a multi-tier operator on its alias groups, one dense block per half-spectrum
+    frequency of the last tier (see :func:`alias_groups`).
+
+    Attributes:
+        x: the blocks, shape (frequencies, d, d), complex128.
+        index, conj: per tier i, the frequencies of tier i folding onto each last-tier frequency
+            (shape (frequencies, 4^{T-1-i})) and whether each folds conjugated.
+        offsets: where tier i's rows start in a block (``offsets[T]`` = d).
+        spectra: the complex128 spectra ``(A, G, C)`` the blocks were built from.
+    """
+
+    x: Tensor
+    index: list[Tensor]
+    conj: list[Tensor]
+    offsets: list[int]
+    spectra: tuple[list[Tensor], list[Tensor], list[Tensor]]
+
+    def members(self, blocks: Tensor, i: int) -> Tensor:
+        """``blocks`` (indexed by tier i's frequencies first) picked for every group member,
+        conjugated where the fold conjugates: shape (frequencies, members, ...)."""
+        picked = blocks[self.index[i]]
+        flags = self.conj[i].view(*self.conj[i].shape, *(1,) * (picked.ndim - 2))
+        return torch.where(flags, picked.conj(), picked)
+
+
 @torch.no_grad()
-def exact_norm(op) -> float:
-    r""":math:`\|I - W\|_2` exactly: the largest singular value over the alias groups.
+def alias_groups(op) -> AliasGroups:
+    r"""I − W on each alias group, in complex128.
 
     For each half-spectrum frequency of the last tier, the members of tier i are the
     :math:`4^{T-1-i}` frequencies folding onto it (through :meth:`AliasMap.fold`, conjugation
@@ -36,14 +65,11 @@ def exact_norm(op) -> float:
         parent = index[0]
         index.insert(0, maps[i].fold_index[parent].reshape(nf, -1))
         conj.insert(0, (maps[i].fold_conj[parent] ^ conj[0].unsqueeze(-1)).reshape(nf, -1))
-
-    def members(blocks: Tensor, i: int) -> Tensor:
-        picked = blocks[index[i]]
-        return torch.where(conj[i].view(*conj[i].shape, 1, 1), picked.conj(), picked)
-
     dims = [ci * index[i].shape[1] for i, ci in enumerate(x.shape[-1] for x in a)]
     offsets = [sum(dims[:i]) for i in range(tiers + 1)]
     x = torch.zeros(nf, offsets[-1], offsets[-1], dtype=torch.complex128, device=a[-1].device)
+    groups = AliasGroups(x, index, conj, offsets, (a, g, c))
+    members = groups.members
     for i in range(tiers):
         ci = a[i].shape[-1]
         eye = torch.eye(ci, dtype=a[i].dtype, device=a[i].device)
@@ -68,6 +94,14 @@ def exact_norm(op) -> float:
         off = a_next.mH @ coupling
         x[:, cols, rows] += off
         x[:, rows, cols] += off.mH
+    return groups
+
+
+@torch.no_grad()
+def exact_norm(op) -> float:
+    r""":math:`\|I - W\|_2` exactly: the largest singular value over the alias groups
+    (:func:`alias_groups`)."""
+    x = alias_groups(op).x
     # largest eigenvalue of XᴴX (a Hermitian solve, several times faster than an SVD here)
     return float(torch.linalg.eigvalsh(x.mH @ x)[:, -1].max().sqrt()) * (1.0 + 1e-9)
 
