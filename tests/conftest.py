@@ -33,6 +33,41 @@ def make_dense(n_in: int = 6, n: int = 5, m: float = 0.5, scale: float = 1.0) ->
     return linear
 
 
+def make_conv(size: int, m: float = 0.2, scale: float = 1.0):
+    """A float64 single-conv parametrisation (1 → 2 channels, 3×3, ``size``×``size`` grid);
+    ``scale`` enlarges F, G."""
+    from mondeq.operators.conv import MonotoneConv
+
+    linear = MonotoneConv(1, 2, size, kernel_size=3, m=m, dtype=torch.float64)
+    with torch.no_grad():
+        linear.F.mul_(scale)
+        linear.G.mul_(scale)
+    return linear
+
+
+def make_multitier(m: float = 0.2, scale: float = 1.0):
+    """A float64 two-tier parametrisation (2, 2 channels on a 4×4 grid); ``scale`` enlarges
+    every parameter but U."""
+    from mondeq.operators.multitier import MonotoneMultiTier
+
+    linear = MonotoneMultiTier(1, (2, 2), 4, m=m, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in linear.named_parameters():
+            if not name.startswith("U"):
+                p.mul_(scale)
+    return linear
+
+
+def direct_residual(weight: torch.Tensor, prox, bias, z) -> torch.Tensor:
+    """‖z − σ(Wz + b)‖/‖z‖ per sample from the dense matrix ``weight``, independent of the
+    solvers (0/0 counts as 0, as the stopping rule says)."""
+    from splitting.state import flatten
+
+    flat, b = flatten(z), flatten(bias)
+    diff = (flat - prox(flat @ weight.T + b)).norm(dim=1)
+    return torch.where(diff == 0, 0.0, diff / flat.norm(dim=1))
+
+
 def dense_weight(F: torch.Tensor, G: torch.Tensor, m: float) -> torch.Tensor:
     """W = (1 − m)I − FᵀF + Gᵀ − G, differentiable in F and G."""
     eye = torch.eye(F.shape[0], dtype=F.dtype)

@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from mondeq import MonDEQ, MonotoneLinear
-from mondeq.operators.conv import MonotoneConv
 from splitting import (SOLVERS, STEP_LIMITS, ConvergenceWarning, NonFiniteInputError, ReLU,
                        SoftThreshold, StepSizeWarning, max_stable_alpha, peaceman_rachford)
-from splitting.state import flatten
-from tests.conftest import make_dense
+from tests.conftest import direct_residual, make_conv, make_dense, make_multitier
 
 ALPHAS = (1.0, 1 / 4, 1 / 16, 1 / 64)
 TOLS = (1e-2, 1e-4, 1e-6)
@@ -28,33 +26,14 @@ def dense_problem(scale):
 
 
 def conv_problem(scale):
-    linear = MonotoneConv(1, 2, 4, kernel_size=3, m=0.2, dtype=torch.float64)
-    with torch.no_grad():
-        linear.F.mul_(scale)
-        linear.G.mul_(scale)
-    return linear, torch.randn(4, 1, 4, 4)
+    return make_conv(4, scale=scale), torch.randn(4, 1, 4, 4)
 
 
 def multitier_problem(scale):
-    from mondeq.operators.multitier import MonotoneMultiTier
-
-    linear = MonotoneMultiTier(1, (2, 2), 4, m=0.2, dtype=torch.float64)
-    with torch.no_grad():
-        for name, p in linear.named_parameters():
-            if not name.startswith("U"):
-                p.mul_(scale)
-    return linear, torch.randn(3, 1, 4, 4)
+    return make_multitier(scale=scale), torch.randn(3, 1, 4, 4)
 
 
 PROBLEMS = {"dense": dense_problem, "conv": conv_problem, "multitier": multitier_problem}
-
-
-def direct_residual(weight, prox, bias, z):
-    """‖z − σ(Wz + b)‖/‖z‖ per sample from the dense matrix (independent of the solvers)."""
-    flat, b = flatten(z), flatten(bias)
-    target = prox(flat @ weight.T + b)
-    diff = (flat - target).norm(dim=1)
-    return torch.where(diff == 0, 0.0, diff / flat.norm(dim=1))
 
 
 def step_limit(name, op):

@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from mondeq import MonDEQ
-from mondeq.operators.conv import MonotoneConv
-from mondeq.operators.multitier import MonotoneMultiTier
 from splitting import (SOLVERS, BackwardProblem, DenseOperator, InvalidSettingError, ReLU, SoftThreshold,
                        Tanh, newton, peaceman_rachford)
 from splitting.state import flatten
-from tests.conftest import make_dense
+from tests.conftest import direct_residual, make_conv, make_dense, make_multitier
 
 
 def dense(scale):
@@ -23,29 +21,14 @@ def dense(scale):
 
 
 def conv(scale):
-    linear = MonotoneConv(1, 2, 5, kernel_size=3, m=0.2, dtype=torch.float64)
-    with torch.no_grad():
-        linear.F.mul_(scale)
-        linear.G.mul_(scale)
-    return linear, torch.randn(4, 1, 5, 5)
+    return make_conv(5, scale=scale), torch.randn(4, 1, 5, 5)
 
 
 def multitier(scale):
-    linear = MonotoneMultiTier(1, (2, 2), 4, m=0.2, dtype=torch.float64)
-    with torch.no_grad():
-        for name, p in linear.named_parameters():
-            if not name.startswith("U"):
-                p.mul_(scale)
-    return linear, torch.randn(3, 1, 4, 4)
+    return make_multitier(scale=scale), torch.randn(3, 1, 4, 4)
 
 
 FAMILIES = {"dense": dense, "conv": conv, "multitier": multitier}
-
-
-def direct_residual(weight, prox, bias, z):
-    """‖z − σ(Wz + b)‖/‖z‖ per sample from the dense matrix (independent of the solver)."""
-    flat = flatten(z)
-    return (flat - prox(flat @ weight.T + flatten(bias))).norm(dim=1) / flat.norm(dim=1)
 
 
 def active_set_solution(weight, prox, b, z):
