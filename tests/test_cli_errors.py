@@ -124,3 +124,17 @@ def test_every_command_speaks_one_vocabulary(capsys, name):
         assert "--batch-size" in out
     if name in ("train", "certify"):
         assert "--data-root" in out
+
+
+def test_compare_negative_alpha_is_a_bad_option(capsys):
+    status, err = command(capsys, "compare", "--alphas", "1", "-1")
+    assert status == 2
+    assert "--alphas" in one_error_line(err)
+
+
+def test_compare_without_data_names_the_data_root_and_downloads_nothing(capsys, tmp_path, no_network):
+    status, err = command(capsys, "compare", "--data-root", str(tmp_path), "--device", "cpu",
+                          "--out", str(tmp_path / "out"))
+    assert status == 1
+    line = one_error_line(err)
+    assert "--data-root" in line and "is missing" in line

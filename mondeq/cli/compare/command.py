@@ -42,7 +42,7 @@ from splitting import max_stable_alpha
 
 from ...errors import CheckpointError, InvalidSettingError
 from ...models import MODELS
-from ..options import checkpoint_file, default_device, device_arg, hidden_alias, positive_int
+from ..options import checkpoint_file, data_root_arg, default_device, device_arg, hidden_alias, positive_float, positive_int
 from .measurement import ALPHAS, METHODS, THRESHOLDS, Run, best_alpha, measure, time_runs
 from .problem import load_model, mnist_test_batch, problems, quick_model
 from .report import alpha_label, cell, markdown, plot, write_csv
@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(METHODS),
                    help="splitting methods and the baselines on the plain map (broyden, "
                         "anderson-plain: no convergence guarantee)")
-    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
     p.add_argument("--max-iter", type=int, default=400, help="iteration cap per solve")
     p.add_argument("--anderson-memory", type=int, default=5, help="Anderson memory (pairs kept)")
     p.add_argument("--repeats", type=int, default=7, help="timing repeats (median)")
@@ -87,12 +89,12 @@ def main(argv: list[str] | None = None) -> list[Run]:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.checkpoint is None:
         model, config = quick_model(args.model, train_limit=args.train_limit, seed=args.seed,
-                                    device=args.device, out=args.out)
+                                    device=args.device, out=args.out, data_root=args.data_root)
     else:
         model, config = load_checkpoint_model(args.checkpoint, device=args.device)
     dtype = getattr(torch, args.dtype)
     model = model.to(device=args.device, dtype=dtype).eval()
-    x, y = mnist_test_batch(model, args.batch_size, device=args.device, dtype=dtype)
+    x, y = mnist_test_batch(model, args.batch_size, device=args.device, dtype=dtype, data_root=args.data_root)
     probs = problems(model, x, y)
     op = probs["forward"].op
     info = {"model": config.get("model", "fc"), "describe": config["trained"], "batch": len(x),

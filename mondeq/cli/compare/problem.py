@@ -17,7 +17,7 @@ from torch import Tensor
 from splitting import BackwardProblem, LinearOperator, Prox, Resolvent, State, peaceman_rachford
 from splitting.state import batch_norm
 
-from ...data import batches, load_mnist, num_batches
+from ...data import batches, load_mnist, mnist_root, num_batches
 from ...errors import InvalidSettingError
 from ...models import MonDEQClassifier, build_model
 from ...training import train_epoch
@@ -45,13 +45,14 @@ def load_model(checkpoint: Path, *, device: torch.device) -> tuple[MonDEQClassif
 
 
 def quick_model(kind: str, *, train_limit: int, seed: int, device: torch.device,
-                out: Path) -> tuple[MonDEQClassifier, dict]:
+                out: Path, data_root: Path | None = None) -> tuple[MonDEQClassifier, dict]:
     """Train ``kind`` for one epoch on ``train_limit`` MNIST images (PR, α = 1, tol 1e-2: the
-    defaults) and save it to ``out/quick_checkpoint.pt``."""
+    defaults) and save it to ``out/quick_checkpoint.pt`` (MNIST from the data root ``data_root``,
+    the data-root rule when None)."""
     config = {"model": kind, "m": 1.0, "hidden": 87,
               "channels": (16, 32, 32) if kind == "multitier" else 54}
     model = build_model(config).to(device)
-    x, y = load_mnist(train=True)
+    x, y = load_mnist(mnist_root(data_root), train=True, download=False)
     x, y = x[:train_limit].to(device), y[:train_limit].to(device)  # pixels: the model normalises
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3 if kind == "fc" else 1e-3)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -64,10 +65,10 @@ def quick_model(kind: str, *, train_limit: int, seed: int, device: torch.device,
 
 
 def mnist_test_batch(model: MonDEQClassifier, size: int, *, device: torch.device,
-                     dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                     dtype: torch.dtype, data_root: Path | None = None) -> tuple[Tensor, Tensor]:
     """The first ``size`` MNIST test images as ``model``'s layer sees them (normalised by the
     model, shaped for the layer: :meth:`~mondeq.models.MonDEQClassifier.layer_input`), and labels."""
-    x, y = load_mnist(train=False)
+    x, y = load_mnist(mnist_root(data_root), train=False, download=False)
     x = x[:size].to(device=device, dtype=dtype)
     with torch.no_grad():
         return model.layer_input(x), y[:size].to(device)

@@ -21,7 +21,7 @@ from torch import Tensor
 from splitting import BackwardProblem, peaceman_rachford
 
 from ...models import MonDEQClassifier
-from ..options import default_device, device_arg, hidden_alias, positive_int
+from ..options import data_root_arg, default_device, device_arg, hidden_alias, positive_float, positive_int
 from .command import load_checkpoint_model
 from .measurement import ALPHAS
 from .problem import EXACT, mnist_test_batch
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="an FC run of mondeq train: its --out folder or its checkpoint.pt")
     p.add_argument("--batch-size", type=positive_int, default=32, help="test images (one spectrum each)")
     hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
-    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
     p.add_argument("--device", type=device_arg, default=default_device(),
                    help="where the model, the data and the eigenvalue problems live (default: cuda when "
                         "available)")
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if config.get("model", "fc") != "fc":
         p.error("dense (fc) checkpoints only")
     model = model.to(dtype=torch.float64)
-    x, _ = mnist_test_batch(model, args.batch_size, device=args.device, dtype=torch.float64)
+    x, _ = mnist_test_batch(model, args.batch_size, device=args.device, dtype=torch.float64,
+                            data_root=args.data_root)
     rows, n = pr_spectrum(model, x, args.alphas)
     print("   α      ρ   median|λ|  90%|λ|  #|λ|≥0.8ρ   PR it. to 1e-4   log(1e-4)/log ρ")
     for row in rows:
