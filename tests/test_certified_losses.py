@@ -115,11 +115,12 @@ def test_a_certified_loss_without_certified_eps_is_refused(capsys) -> None:
 
 
 def test_run_with_a_certified_loss_resumes_bit_exactly(tmp_path) -> None:
-    """Two epochs straight, and one epoch then --resume, with logit annealing and power
-    iterations (loss state in the checkpoint): the same weights bit for bit."""
+    """Two epochs straight, and one epoch then --resume, with logit annealing, power iterations
+    (loss state in the checkpoint) and the joint bound in the loss: the same weights bit for bit."""
     common = ["--train-limit", "128", "--test-limit", "32", "--hidden", "12", "--batch-size", "32",
               "--epsilons", "0.1", "--certified-eps", "0.3", "--loss", "logit-annealing",
-              "--power-iterations", "2", "--schedule", "constant", "--certified-ramp", "0"]
+              "--power-iterations", "2", "--schedule", "constant", "--certified-ramp", "0",
+              "--certified-bound", "joint"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = lambda *a: subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *a],  # noqa: E731
                                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -130,6 +131,7 @@ def test_run_with_a_certified_loss_resumes_bit_exactly(tmp_path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
     a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (full, cut))
     assert a["epoch"] == b["epoch"] == 2 and a["config"]["loss"] == "logit-annealing"
+    assert a["config"]["certified_bound"] == "joint"
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["extra"]["loss"]["_extra_state"]["step"] == 8

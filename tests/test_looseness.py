@@ -73,3 +73,29 @@ def test_pgd_pair_ratio_is_the_pairs_own_ratio() -> None:
         expected = (g(x) - g(x_adv)).abs() / (x - x_adv).norm(dim=1)
     torch.testing.assert_close(pairs.ratio, expected, rtol=1e-12, atol=0)
     assert torch.all(pairs.ratio <= pairs.constant * (1 + 1e-9))
+
+
+def test_looseness_against_the_joint_bound_divides_by_its_smaller_constants() -> None:
+    """A user who certifies with the joint bound reads found/Γ: each pair's constant is the joint
+    one (never above K), every found ratio stays below it, and the report says which bound."""
+    from mondeq.robustness.joint_bound import pairwise_lipschitz
+
+    torch.manual_seed(1)
+    model = fc_mondeq(10, 12, 4, m=0.3, tol=1e-12, max_iter=2000).double().eval()
+    with torch.no_grad():
+        model.layer.linear.F.mul_(2.0)
+        model.layer.linear.G.mul_(3.0)
+    x = torch.rand(30, 10, dtype=torch.float64)
+    y = torch.randint(0, 4, (30,))
+    runs = {bound: measure_looseness(model, x, y, epsilons=[0.05], ascent_steps=5, pgd_steps=10, tol=1e-12,
+                                     max_iter=2000, generator=torch.Generator().manual_seed(0), bound=bound,
+                                     multipliers="scalar")
+            for bound in ("product", "joint")}
+    gamma = pairwise_lipschitz(model, bound="joint", multipliers="scalar")
+    joint = runs["joint"]
+    assert joint.summary()["bound"] == "joint" and runs["product"].summary()["bound"] == "product"
+    for pairs in (joint.ascent, joint.pgd_pairs):
+        assert torch.equal(pairs.constant, gamma[pairs.label, pairs.other])
+        assert torch.all(pairs.ratio <= pairs.constant * (1 + 1e-9))
+    assert torch.all(gamma <= pairwise_lipschitz(model, bound="product") * (1 + 1e-12))
+    assert joint.ascent.fraction.max() > runs["product"].ascent.fraction.max()

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     tight = certify(model, x, labels, epsilons=eps_list, tol=args.tol,
                     max_iter=args.max_iter, batch_size=args.batch_size, bound=args.bound)
     tight_time = time.perf_counter() - start
+    gamma = pairwise_lipschitz(model, bound=args.bound)  # what the ratios below are fractions of
     if args.bound == "joint":
-        gamma = pairwise_lipschitz(model, bound="joint")
         off = ~torch.eye(len(gamma), dtype=torch.bool, device=gamma.device)
         ratio = (pairwise_lipschitz(model, bound="product") / gamma)[off]
         print(f"joint margin bound: {float(ratio.median()):.2f}× tighter than the product bound (median "
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                 broken = model(result.x_adv).argmax(1) != labels[chunk]
             robust_mask[chunk[broken]] = False
             pairs = pgd_pair_ratio(model, x[chunk], result.x_adv, labels[chunk], tol=args.tol,
-                                   max_iter=args.max_iter)
+                                   max_iter=args.max_iter, constants=gamma)
             pgd_fraction[chunk] = torch.maximum(pgd_fraction[chunk], pairs.fraction)
             certified = radius[chunk] > eps
             counterexamples += (broken & certified).sum()  # summed on the device, read once
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     attack_time = time.perf_counter() - start
     counterexamples, checked = int(counterexamples), int(checked)
 
-    looseness = looseness_search(model, x, labels, pgd_fraction, args)
+    looseness = looseness_search(model, x, labels, pgd_fraction, args, gamma)
     attacked_certified = tight.accuracy_at(eps_list) if n_attack == len(x) else \
         certified_accuracy(radius, eps_list)  # the gap compares the same (attacked) images
     rows = [{"eps": e, "clean": clean, "certified": tight.certified[e], "certified_trained_tol": loose.certified[e],
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"attacked images; PGD on {n_attack} images, "
           f"{args.steps} steps × {args.restarts} restarts, {attack_time:.0f} s)")
     print(f"PGD counterexamples inside certified radii: {counterexamples} of {checked} certified (image, ε) pairs attacked")
-    print(f"largest Lipschitz ratio found / certified K_yj: {looseness['pgd_max_fraction']:.3f} (PGD pairs)"
+    constant = "Γ_yj (joint bound)" if args.bound == "joint" else "K_yj"
+    print(f"largest Lipschitz ratio found / certified {constant}: {looseness['pgd_max_fraction']:.3f} (PGD pairs)"
           + (f", {looseness['ascent_max_fraction']:.3f} max / {looseness['ascent_median_fraction']:.3f} median "
              f"(ratio ascent, {looseness['ascent_images']} images, {looseness['ascent_time_s']:.0f} s)"
              if looseness["ascent_images"] else "") + " (≤ 1: the certificate is sound; 1 would be tight)")
@@ -222,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def looseness_search(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                     pgd_fraction: torch.Tensor, args: argparse.Namespace) -> dict:
-    """The largest Lipschitz ratios found, as fractions of the certified K_yj
+                     pgd_fraction: torch.Tensor, args: argparse.Namespace, constants: torch.Tensor) -> dict:
+    """The largest Lipschitz ratios found, as fractions of the certified ``constants`` (K_yj or Γ_yj)
     (:mod:`mondeq.robustness.looseness`): over the PGD pairs already attacked, and by the ratio
     ascent on the first ``--looseness-limit`` images (correctly classified or not)."""
     out = {"pgd_max_fraction": float(pgd_fraction.max()) if len(pgd_fraction) else 0.0,
@@ -232,7 +233,7 @@ def looseness_search(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tens
         start = time.perf_counter()
         n = out["ascent_images"]
         found = ascend_lipschitz_ratio(model, x[:n], labels[:n], steps=args.ascent_steps, tol=args.tol,
-                                       max_iter=args.max_iter)
+                                       max_iter=args.max_iter, constants=constants)
         out.update(ascent_max_fraction=float(found.fraction.max()),
                    ascent_median_fraction=float(found.fraction.median()),
                    ascent_max_ratio=float(found.ratio.max()), ascent_time_s=time.perf_counter() - start)

@@ -75,7 +75,8 @@ class Run:
                                                ramp_steps=round(args.certified_ramp * total),
                                                lipschitz_penalty=args.lipschitz_penalty,
                                                lipschitz_target=args.lipschitz_target,
-                                               power_iterations=args.power_iterations)
+                                               power_iterations=args.power_iterations,
+                                               bound=getattr(args, "certified_bound", "product"))
         self.regulariser = make_operator_penalty(self.model, getattr(args, "operator_penalty", 0.0),
                                                  iterations=getattr(args, "operator_penalty_iterations", 0))
         self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
@@ -254,8 +255,8 @@ def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: f
         epoch_time = time.perf_counter() - started
         if run.step_rule is not None:  # the α of the W the epoch ended with
             run.step_rule.apply(run.model)
-        ev = evaluate(run.model, run.test_batches(),
-                      certify_tol=args.certify_tol, epsilons=args.epsilons)
+        ev = evaluate(run.model, run.test_batches(), certify_tol=args.certify_tol,
+                      epsilons=args.epsilons, bound=getattr(args, "certified_bound", "product"))
         run.history.append({
             "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
             "test_accuracy": ev.accuracy, "forward_iterations": stats.forward_iterations,
@@ -316,10 +317,11 @@ def report(run: Run, train_wall: float, say) -> dict:
         # One more certification with every equilibrium re-solved tightly: the slack (the radius
         # the solver error costs) then all but vanishes. Per-epoch figures keep the cheaper --tol.
         tight = evaluate(run.model, run.test_batches(), certify_tol=TIGHT_TOL,
-                         epsilons=args.epsilons)
+                         epsilons=args.epsilons, bound=getattr(args, "certified_bound", "product"))
         result["certified_tight"] = {"tol": TIGHT_TOL, "slack": tight.mean_slack,
                                      "certified": {str(k): v for k, v in tight.certified.items()}}
-    loose = (looseness_report(run.model, run.test_data.images, run.test_data.labels, args.epsilons)
+    loose = (looseness_report(run.model, run.test_data.images, run.test_data.labels, args.epsilons,
+                              bound=getattr(args, "certified_bound", "product"))
              if args.certified_eps > 0 and run.info.is_main else None)  # float64 copy, 100 images
     if loose is not None:
         result["looseness"] = loose[0]

@@ -179,7 +179,7 @@ class Certificate:
 @torch.no_grad()
 def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[float] = (),
             tol: float | None = None, max_iter: int | None = None, batch_size: int | None = 1000,
-            input_scale: None = None, bound: str = "product") -> Certificate:
+            input_scale: None = None, bound: str = "product", multipliers: str = "auto") -> Certificate:
     r"""Sound per-example certified ℓ2 radii, in pixel scale, of a :class:`~mondeq.models.MonDEQClassifier`.
 
     The layer returns the solver's state :math:`\hat z` and the head reads it; the residual
@@ -207,6 +207,8 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
         input_scale: refused: the model owns its normalisation, radii are in pixels.
         bound: ``"product"`` or ``"joint"``, the tighter joint constants of
             :mod:`~mondeq.robustness.joint_bound` (never larger; same solver slack per margin).
+        multipliers: the joint bound's multipliers (:func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`):
+            ``"auto"``, ``"scalar"`` (fast: the constants the joint training loss uses) or ``"diagonal"``.
 
     Returns:
         a :class:`Certificate`.
@@ -275,7 +277,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     radius_unsound = cat["r0"] * scale
     radius = (radius_unsound - slack).clamp(min=0).nan_to_num(nan=0.0)  # NaN: a diverged solve
     if bound == "joint" and len(x):
-        gamma, norms = pairwise_lipschitz(model), pairwise_margin_norms(head.to(torch.float64))
+        gamma, norms = pairwise_lipschitz(model, multipliers=multipliers), pairwise_margin_norms(head.to(torch.float64))
         radius_unsound = joint_radius(cat["logits"], cat["label"], gamma, norms).to(radius.dtype)
         radius = joint_radius(cat["logits"], cat["label"], gamma, norms, cat["delta"]).to(radius.dtype)
         slack = radius_unsound - radius

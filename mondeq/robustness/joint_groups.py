@@ -134,7 +134,7 @@ def probed_blocks(linear: MonotoneParametrisation, d: Tensor) -> QuadraticBlocks
     return _single(i_minus_w, u @ u.T)
 
 
-def _spectrum(c: Tensor, shape: tuple[int, int, int]) -> Tensor:
+def state_spectrum(c: Tensor, shape: tuple[int, int, int]) -> Tensor:
     """Flattened real states ``(K, C·H·W)`` → orthonormal half spectra ``(K, H·(W//2+1), C)``."""
     ch, h, w = shape
     hat = torch.fft.rfft2(c.reshape(len(c), ch, h, w), norm="ortho")
@@ -147,7 +147,7 @@ def _conv(linear: MonotoneConv, d: Tensor) -> QuadraticBlocks:
     u = kernel_blocks(linear.U.weight, linear.size) * d.to(x.dtype)  # columns scaled by D
     shape = (linear.channels, *linear.size)
     return QuadraticBlocks(x, x + x.mH, u @ u.mH, half_spectrum_weights(linear.size, x).reshape(-1),
-                           lambda c: _spectrum(c, shape), torch.arange(linear.channels))
+                           lambda c: state_spectrum(c, shape), torch.arange(linear.channels))
 
 
 def _multitier(linear: MonotoneMultiTier, d: Tensor) -> QuadraticBlocks:
@@ -170,7 +170,7 @@ def _multitier(linear: MonotoneMultiTier, d: Tensor) -> QuadraticBlocks:
     def to_blocks(head: Tensor) -> Tensor:
         parts = []
         for i, (part, shape) in enumerate(zip(head.split(sizes, dim=1), shapes)):
-            picked = members(_spectrum(part, shape).transpose(0, 1), i)  # (nf, n_i, K, c_i)
+            picked = members(state_spectrum(part, shape).transpose(0, 1), i)  # (nf, n_i, K, c_i)
             parts.append(picked.permute(2, 0, 1, 3).reshape(len(head), nf, -1))
         return torch.cat(parts, dim=2)
 

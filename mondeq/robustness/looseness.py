@@ -36,6 +36,7 @@ from ..layer import solver_settings
 from .attacks import pgd
 from .certification import certify
 from .checks import check_labels
+from .joint_bound import pairwise_lipschitz
 from .lipschitz import margin_lipschitz_matrix
 
 __all__ = ["Looseness", "PairRatio", "ascend_lipschitz_ratio", "binding_class", "margin_of",
@@ -91,7 +92,11 @@ def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _constants(model: nn.Module) -> Tensor:
+def _constants(model: nn.Module, constants: Tensor | None) -> Tensor:
+    """The certified constants ratios are compared with: ``constants`` (e.g. the joint
+    :func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`), by default the product K."""
+    if constants is not None:
+        return constants.detach()
     with torch.no_grad():
         return margin_lipschitz_matrix(model, differentiable=False)
 
@@ -99,7 +104,8 @@ def _constants(model: nn.Module) -> Tensor:
 def ascend_lipschitz_ratio(model: nn.Module, x: Tensor, y: Tensor, j: Tensor | None = None, *,
                            steps: int = 20, step_size: float = 0.05, separation: float = 0.05,
                            min_separation: float = 1e-3, bounds: tuple[float, float] | None = (0.0, 1.0),
-                           tol: float = 1e-9, max_iter: int = 5000) -> PairRatio:
+                           tol: float = 1e-9, max_iter: int = 5000,
+                           constants: Tensor | None = None) -> PairRatio:
     r"""Gradient ascent on the pair ratio :math:`\rho(a, b) = |g(a) - g(b)|/\|a - b\|` of the margin
     :math:`g = h_y - h_j`, from :math:`a = x`, :math:`b = x - r\,\nabla g(x)/\|\nabla g(x)\|`.
 
@@ -118,6 +124,7 @@ def ascend_lipschitz_ratio(model: nn.Module, x: Tensor, y: Tensor, j: Tensor | N
         min_separation: the smallest ‖a − b‖ allowed.
         bounds: the valid pixel range, or ``None`` (the certified constant holds on all of ℝᵈ).
         tol, max_iter: every margin is evaluated at equilibria solved to this tolerance.
+        constants: the certified (K, K) constants to compare with (default: the product K).
 
     Returns:
         a :class:`PairRatio` of the best pair per example, with the largest local
@@ -130,7 +137,7 @@ def ascend_lipschitz_ratio(model: nn.Module, x: Tensor, y: Tensor, j: Tensor | N
     if steps < 0 or not step_size > 0 or not separation >= min_separation > 0:
         raise InvalidSettingError(f"need steps >= 0, step_size > 0, separation >= min_separation > 0; got "
                                   f"{steps}, {step_size}, {separation}, {min_separation}")
-    k = _constants(model)
+    k = _constants(model, constants)
     y = check_labels(y, len(x), k.shape[0])
     x = x.detach()
     clip = (lambda t: t.clamp(*bounds)) if bounds is not None else (lambda t: t)
@@ -140,7 +147,7 @@ def ascend_lipschitz_ratio(model: nn.Module, x: Tensor, y: Tensor, j: Tensor | N
         with solver_settings(model.layer, tol=tol, max_iter=max_iter):
             if j is None:
                 with torch.no_grad():
-                    j = binding_class(model(x), y, k.to(x.dtype))
+                    j = binding_class(model(x), y, k.to(x.device, x.dtype))
             a = x.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(margin_of(model, a, y, j).sum(), a)
             gradient_norm = _norm(grad)
@@ -172,7 +179,7 @@ def ascend_lipschitz_ratio(model: nn.Module, x: Tensor, y: Tensor, j: Tensor | N
                 gradient_norm = torch.maximum(gradient_norm, grad_a)
     finally:
         model.train(was_training)
-    return PairRatio(ratio=best, constant=k.to(x.dtype)[y, j], label=y, other=j, a=best_a, b=best_b,
+    return PairRatio(ratio=best, constant=k.to(x.device, x.dtype)[y, j], label=y, other=j, a=best_a, b=best_b,
                      gradient_norm=gradient_norm)
 
 
@@ -191,15 +198,16 @@ def _local_gradient_norm(model: nn.Module, a: Tensor, y: Tensor, j: Tensor) -> T
 
 
 def pgd_pair_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, tol: float = 1e-9,
-                   max_iter: int = 5000) -> PairRatio:
+                   max_iter: int = 5000, constants: Tensor | None = None) -> PairRatio:
     r"""The ratio :math:`|g_{yj}(x) - g_{yj}(x_{adv})|/\|x - x_{adv}\|` of attack pairs, with
     :math:`j` the largest wrong logit at :math:`x_{adv}` (0 where the attack did not move).
 
     Args:
         model: the classifier; x, x_adv: clean and attacked inputs (pixel scale); y: labels.
         tol, max_iter: the margins are evaluated at equilibria solved to this tolerance.
+        constants: the certified (K, K) constants to compare with (default: the product K).
     """
-    k = _constants(model)
+    k = _constants(model, constants)
     y = check_labels(y, len(x), k.shape[0])
     was_training = model.training
     model.eval()
@@ -209,7 +217,7 @@ def pgd_pair_ratio(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, tol
             ratio = _pair(model, x, x_adv, y, j)
     finally:
         model.train(was_training)
-    return PairRatio(ratio=ratio, constant=k.to(x.dtype)[y, j], label=y, other=j, a=x, b=x_adv)
+    return PairRatio(ratio=ratio, constant=k.to(x.device, x.dtype)[y, j], label=y, other=j, a=x, b=x_adv)
 
 
 @dataclass(frozen=True)
@@ -221,12 +229,14 @@ class Looseness:
         pgd_pairs: the PGD pairs of largest ratio over the ε's (:func:`pgd_pair_ratio`).
         certified: certified accuracy per ε (sound, tight solves).
         pgd_robust: accuracy under PGD per ε (an upper bound on robust accuracy).
+        bound: the certificate's bound (``"product"`` K or ``"joint"`` Γ), which the ratios divide.
     """
 
     ascent: PairRatio
     pgd_pairs: PairRatio
     certified: dict[float, float]
     pgd_robust: dict[float, float]
+    bound: str = "product"
 
     @property
     def gap(self) -> dict[float, float]:
@@ -244,6 +254,7 @@ class Looseness:
         out["certified"] = {str(k): v for k, v in self.certified.items()}
         out["pgd_robust"] = {str(k): v for k, v in self.pgd_robust.items()}
         out["gap"] = {str(k): v for k, v in self.gap.items()}
+        out["bound"] = self.bound
         return out
 
     def line(self) -> str:
@@ -258,7 +269,8 @@ class Looseness:
 def measure_looseness(model: nn.Module, x: Tensor, y: Tensor, *, epsilons: Iterable[float],
                       ascent_steps: int = 20, pgd_steps: int = 50, restarts: int = 1,
                       tol: float = 1e-9, max_iter: int = 5000, dtype: torch.dtype | None = torch.float64,
-                      generator: torch.Generator | None = None) -> Looseness:
+                      generator: torch.Generator | None = None, bound: str = "product",
+                      multipliers: str = "auto") -> Looseness:
     r"""The certified bound beside the Lipschitz ratios actually found and the PGD−certified gap.
 
     Runs on a copy of ``model`` in ``dtype`` (float64 by default: the ratios are then exact to
@@ -274,6 +286,8 @@ def measure_looseness(model: nn.Module, x: Tensor, y: Tensor, *, epsilons: Itera
         tol, max_iter: the solves of every measurement.
         dtype: precision of the copy (``None``: the model's own).
         generator: for PGD's random restarts.
+        bound, multipliers: the certificate measured (:func:`certify`); ratios are fractions of
+            its constants (:func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`).
 
     Returns:
         a :class:`Looseness`.
@@ -284,11 +298,14 @@ def measure_looseness(model: nn.Module, x: Tensor, y: Tensor, *, epsilons: Itera
         x = x.to(dtype)
     model.eval()
     eps_list = sorted(float(e) for e in epsilons)
-    cert = certify(model, x, y, epsilons=eps_list, tol=tol, max_iter=max_iter)
-    ascent = ascend_lipschitz_ratio(model, x, y, steps=ascent_steps, tol=tol, max_iter=max_iter)
+    cert = certify(model, x, y, epsilons=eps_list, tol=tol, max_iter=max_iter, bound=bound,
+                   multipliers=multipliers)
+    k = pairwise_lipschitz(model, bound=bound, multipliers=multipliers).to(x.device)
+    ascent = ascend_lipschitz_ratio(model, x, y, steps=ascent_steps, tol=tol, max_iter=max_iter,
+                                    constants=k)
     robust = cert.correct.clone()
     ratio = torch.zeros(len(x), dtype=x.dtype, device=x.device)
-    best = pgd_pair_ratio(model, x, x, y, tol=tol, max_iter=max_iter)  # ratio 0 everywhere
+    best = pgd_pair_ratio(model, x, x, y, tol=tol, max_iter=max_iter, constants=k)  # ratio 0 everywhere
     pgd_robust: dict[float, float] = {}
     for eps in eps_list:
         idx = robust.nonzero().squeeze(1)
@@ -296,7 +313,8 @@ def measure_looseness(model: nn.Module, x: Tensor, y: Tensor, *, epsilons: Itera
             with solver_settings(model.layer, tol=tol, max_iter=max_iter):
                 result = pgd(model, x[idx], y[idx], eps, steps=pgd_steps, restarts=restarts,
                              generator=generator)
-            pairs = pgd_pair_ratio(model, x[idx], result.x_adv, y[idx], tol=tol, max_iter=max_iter)
+            pairs = pgd_pair_ratio(model, x[idx], result.x_adv, y[idx], tol=tol, max_iter=max_iter,
+                                   constants=k)
             robust[idx[result.success]] = False
             better = pairs.ratio > ratio[idx]
             sel = idx[better]
@@ -305,7 +323,8 @@ def measure_looseness(model: nn.Module, x: Tensor, y: Tensor, *, epsilons: Itera
                              label=best.label, other=_replace(best.other, sel, pairs.other[better]),
                              a=best.a, b=_replace(best.b, sel, result.x_adv[better]))
         pgd_robust[eps] = float(robust.double().mean())
-    return Looseness(ascent=ascent, pgd_pairs=best, certified=dict(cert.certified), pgd_robust=pgd_robust)
+    return Looseness(ascent=ascent, pgd_pairs=best, certified=dict(cert.certified), pgd_robust=pgd_robust,
+                     bound=bound)
 
 
 def _replace(t: Tensor, idx: Tensor, values: Tensor) -> Tensor:

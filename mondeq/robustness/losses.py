@@ -19,8 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidSettingError
 from ..models.classifier import MonDEQClassifier
 from ..parametrisation import MonotoneParametrisation
+from .joint_bound import BOUNDS
+from .joint_training import check_joint_training, differentiable_joint_constants
 from .lipschitz import head_matrix, margin_lipschitz_matrix
 
 __all__ = ["InputNormEstimate", "LipschitzMarginLoss", "head_matrix", "lipschitz_margin_logits",
@@ -93,15 +96,27 @@ class LipschitzMarginLoss(nn.Module):
             ‖U‖₂/(m·s) (default 0: penalise ‖U‖₂/m itself).
         power_iterations: estimate ‖U‖₂ by this many warm-started power steps per call
             (:class:`InputNormEstimate`) instead of the exact ``input_norm()``; 0 for exact.
+        bound: ``"product"`` (the constants K above) or ``"joint"``: :math:`\min(K_{yj},
+            \Gamma_{yj})` with the joint constants of the certificate and their graph
+            (:mod:`.joint_training`; dense and convolutional layers).
+
+    Raises:
+        InvalidSettingError: an unknown ``bound``, or ``"joint"`` for a layer without that path.
     """
 
     def __init__(self, model: MonDEQClassifier, eps: float, *, ramp_steps: int = 0,
                  warmup_steps: int = 0, lipschitz_penalty: float = 0.0,
-                 lipschitz_target: float = 0.0, power_iterations: int = 0) -> None:
+                 lipschitz_target: float = 0.0, power_iterations: int = 0,
+                 bound: str = "product") -> None:
         super().__init__()
         if not eps >= 0 or ramp_steps < 0 or warmup_steps < 0 or not lipschitz_penalty >= 0:
             raise ValueError(f"need eps, ramp_steps, warmup_steps, lipschitz_penalty >= 0; got {eps}, "
                              f"{ramp_steps}, {warmup_steps}, {lipschitz_penalty}")
+        if bound not in BOUNDS:
+            raise InvalidSettingError(f"bound must be one of {BOUNDS}, got {bound!r}")
+        if bound == "joint":
+            check_joint_training(model)
+        self.bound = bound
         self.model = [model]  # a list so that the model is not registered as a submodule
         self.eps = float(eps)
         self.ramp_steps = int(ramp_steps)
@@ -145,6 +160,8 @@ class LipschitzMarginLoss(nn.Module):
             u_norm = linear.input_norm() if self.norm_estimate is None else self.norm_estimate()
             if eps > 0:
                 k = margin_lipschitz_matrix(model, input_norm=u_norm)
+                if self.bound == "joint":
+                    k = torch.minimum(k, differentiable_joint_constants(model).to(k.dtype))
             if self.lipschitz_penalty > 0:
                 loss = loss + self.lipschitz_penalty * torch.relu(u_norm / linear.m - self.lipschitz_target) ** 2
         return loss + self.objective(logits, labels, k, eps)
@@ -167,4 +184,5 @@ class LipschitzMarginLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"eps={self.eps:g}, ramp_steps={self.ramp_steps}, warmup_steps={self.warmup_steps}, "
                 f"lipschitz_penalty={self.lipschitz_penalty:g}, lipschitz_target={self.lipschitz_target:g}, "
-                f"power_iterations={0 if self.norm_estimate is None else self.norm_estimate.iterations}")
+                f"power_iterations={0 if self.norm_estimate is None else self.norm_estimate.iterations}, "
+                f"bound={self.bound}")

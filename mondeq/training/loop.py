@@ -272,7 +272,8 @@ def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
-             certify_tol: float | None = None, epsilons: Sequence[float] = ()) -> Evaluation:
+             certify_tol: float | None = None, epsilons: Sequence[float] = (),
+             bound: str = "product") -> Evaluation:
     """Clean accuracy, mean iterations, the Lipschitz bound and sound certified radii.
 
     Radii come from :func:`mondeq.certify`: they account for the solver's error, so they
@@ -287,6 +288,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
         certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own).
             Accuracy and iterations are always those of the layer's own settings.
         epsilons: pixel-scale radii at which certified accuracy (radius > ε) is counted.
+        bound: ``"product"`` or ``"joint"`` (scalar multipliers: the constants the joint training
+            loss uses; :func:`mondeq.certify`).
     """
     model = unwrap(model)
     device = _model_device(model)
@@ -300,15 +303,16 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
     eps = torch.tensor(epsilons, dtype=torch.float64, device=device)
     for x, y in data:
         x, y = _to(x, device), _to(y, device)
-        cert, fails = _failed_solves(lambda: certify(model, x, y, batch_size=None))
+        cert, fails = _failed_solves(lambda: certify(model, x, y, batch_size=None, bound=bound,
+                                                     multipliers="scalar"))
         failed += fails
         correct += cert.correct.sum()
         seen += len(y)
         iterations += cert.forward_iterations
         batches_seen += 1
         if certify_tol is not None:
-            cert, fails = _failed_solves(lambda: certify(model, x, y,
-                                                         tol=certify_tol, batch_size=None))
+            cert, fails = _failed_solves(lambda: certify(model, x, y, tol=certify_tol, batch_size=None,
+                                                         bound=bound, multipliers="scalar"))
             certify_failed += fails
         radius = cert.radius.to(torch.float64)
         certified += (radius[:, None] > eps[None, :]).sum(0)
