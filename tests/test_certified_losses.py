@@ -1,5 +1,6 @@
 """The certified-training losses that read the certificate (EMMA, offset CE, logit annealing):
 their formulas, the detached radius, their limits, state for exact resume, and the CLI choice."""
+import json
 import math
 import os
 import subprocess
@@ -132,6 +133,16 @@ def test_run_with_a_certified_loss_resumes_bit_exactly(tmp_path) -> None:
     a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (full, cut))
     assert a["epoch"] == b["epoch"] == 2 and a["config"]["loss"] == "logit-annealing"
     assert a["config"]["certified_bound"] == "joint"
+    # a model loaded from the joint-trained run certifies exactly what the run reported, with the
+    # bound the run names (the joint one, scalar multiplier)
+    from mondeq import certify, load_run
+    from mondeq.data import load_dataset
+    report = json.loads((full / "results.json").read_text())
+    assert report["certified_bound"] == "joint"
+    x, y = load_dataset("mnist", train=False)
+    cert = certify(load_run(full), x[:32], y[:32], epsilons=report["config"]["epsilons"],
+                   tol=report["config"]["certify_tol"], bound="joint", multipliers="scalar")
+    assert {str(k): v for k, v in cert.certified.items()} == report["final"]["certified"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["extra"]["loss"]["_extra_state"]["step"] == 8

@@ -90,3 +90,16 @@ def test_multitier_layers_and_unknown_bounds_are_refused_with_the_fix():
         make_certified_loss("offset-ce", build("multitier"), 0.3, bound="joint")
     with pytest.raises(InvalidSettingError, match="bound must be one of"):
         make_certified_loss("offset-ce", build("fc"), 0.3, bound="tight")
+
+
+def test_auto_trains_with_the_joint_bound_where_the_loss_has_it_and_the_cli_defaults_to_it():
+    from mondeq.cli.train_options import parse_args
+    from mondeq.robustness.joint_training import training_bound
+
+    assert training_bound(build("fc"), "auto") == "joint"
+    assert training_bound(build("conv"), "auto") == "joint"
+    assert training_bound(build("multitier"), "auto") == "product"
+    assert training_bound(build("multitier"), "product") == "product"
+    with pytest.raises(InvalidSettingError):
+        training_bound(build("fc"), "tight")
+    assert parse_args(["--certified-eps", "0.3"]).certified_bound == "auto"

@@ -23,6 +23,7 @@ from ..data import DATASETS, Augmentation, load_dataset
 from ..errors import CheckpointError, MissingDependencyError, NonFiniteInputError
 from ..models import build_model
 from ..robustness.certified_losses import make_certified_loss
+from ..robustness.joint_training import training_bound
 from ..training import (DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint,
                         train_epoch)
 from ..training.data_order import epoch_order
@@ -69,6 +70,9 @@ class Run:
         self.scheduler = make_schedule(args.schedule, self.optimizer, total_steps=total, lr=args.lr,
                                        milestones=milestones, gamma=args.gamma)
         self.loss_fn = None
+        # the loss's margin constants and the reported certificates' (plain training: the product's)
+        self.certified_bound = (training_bound(self.model, getattr(args, "certified_bound", "product"))
+                                if args.certified_eps > 0 else "product")
         if args.certified_eps > 0:  # a pixel-scale radius, as the model's inputs
             self.loss_fn = make_certified_loss(getattr(args, "loss", "margin"), self.model, args.certified_eps,
                                                warmup_steps=round(args.certified_warmup * total),
@@ -76,7 +80,7 @@ class Run:
                                                lipschitz_penalty=args.lipschitz_penalty,
                                                lipschitz_target=args.lipschitz_target,
                                                power_iterations=args.power_iterations,
-                                               bound=getattr(args, "certified_bound", "product"))
+                                               bound=self.certified_bound)
         self.regulariser = make_operator_penalty(self.model, getattr(args, "operator_penalty", 0.0),
                                                  iterations=getattr(args, "operator_penalty_iterations", 0))
         self.tuner = AlphaTuner(args.tune_alpha_every) if args.tune_alpha_every else None
@@ -256,7 +260,7 @@ def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: f
         if run.step_rule is not None:  # the α of the W the epoch ended with
             run.step_rule.apply(run.model)
         ev = evaluate(run.model, run.test_batches(), certify_tol=args.certify_tol,
-                      epsilons=args.epsilons, bound=getattr(args, "certified_bound", "product"))
+                      epsilons=args.epsilons, bound=run.certified_bound)
         run.history.append({
             "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
             "test_accuracy": ev.accuracy, "forward_iterations": stats.forward_iterations,
@@ -288,7 +292,8 @@ def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: f
 def results_so_far(run: Run, train_wall: float, *, complete: bool) -> dict:
     """The ``results.json`` report of the epochs done: ``final`` is the last of them and
     ``complete`` says whether the run has finished (with its tight certification, if any)."""
-    return {"config": run.config, "parameters": run.n_params, "history": run.history,
+    return {"config": run.config, "parameters": run.n_params, "certified_bound": run.certified_bound,
+            "history": run.history,
             "final": run.history[-1], "train_wall_time_s": train_wall, "complete": complete}
 
 
@@ -317,11 +322,11 @@ def report(run: Run, train_wall: float, say) -> dict:
         # One more certification with every equilibrium re-solved tightly: the slack (the radius
         # the solver error costs) then all but vanishes. Per-epoch figures keep the cheaper --tol.
         tight = evaluate(run.model, run.test_batches(), certify_tol=TIGHT_TOL,
-                         epsilons=args.epsilons, bound=getattr(args, "certified_bound", "product"))
+                         epsilons=args.epsilons, bound=run.certified_bound)
         result["certified_tight"] = {"tol": TIGHT_TOL, "slack": tight.mean_slack,
                                      "certified": {str(k): v for k, v in tight.certified.items()}}
     loose = (looseness_report(run.model, run.test_data.images, run.test_data.labels, args.epsilons,
-                              bound=getattr(args, "certified_bound", "product"))
+                              bound=run.certified_bound)
              if args.certified_eps > 0 and run.info.is_main else None)  # float64 copy, 100 images
     if loose is not None:
         result["looseness"] = loose[0]
@@ -339,7 +344,7 @@ def report(run: Run, train_wall: float, say) -> dict:
         f"{final['lipschitz'] * run.model.pixel_scale:.3f} (‖U‖₂/m, normalised input)")
     solve_tol = args.tol if args.certify_tol is None else args.certify_tol
     say("  certified ℓ2 accuracy    " + ", ".join(f"ε={k}: {100 * v:.1f}%" for k, v in final["certified"].items())
-        + f" (sound; solve at tol {solve_tol:g}: radii pay {final['certificate_slack']:.2g} pixel on average "
+        + f" ({run.certified_bound} bound; sound; solve at tol {solve_tol:g}: radii pay {final['certificate_slack']:.2g} pixel on average "
           "for the solver error)")
     if "certified_tight" in result:
         tight = result["certified_tight"]

@@ -50,7 +50,21 @@ from .joint_bound import GAMMA_PAD, joint_gamma_squared, joint_spectrum
 from .joint_groups import input_scale_vector, state_spectrum
 from .lipschitz import head_matrix
 
-__all__ = ["check_joint_training", "differentiable_joint_constants"]
+__all__ = ["TRAINING_BOUNDS", "check_joint_training", "differentiable_joint_constants", "training_bound"]
+
+TRAINING_BOUNDS = ("auto", "product", "joint")
+"""Choices of the training command's ``--certified-bound`` ("auto": :func:`training_bound`)."""
+
+
+def training_bound(model, requested: str) -> str:
+    """The bound a certified-training loss uses: ``requested``, with ``"auto"`` meaning the joint
+    bound where :func:`differentiable_joint_constants` has a path (dense, conv) and the product
+    bound otherwise (multi-tier)."""
+    if requested not in TRAINING_BOUNDS:
+        raise InvalidSettingError(f"bound must be one of {TRAINING_BOUNDS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "joint" if isinstance(model.layer.linear, (MonotoneLinear, MonotoneConv)) else "product"
 
 
 def check_joint_training(model) -> None:
