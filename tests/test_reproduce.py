@@ -37,7 +37,8 @@ def test_rows_are_the_papers(reproduce) -> None:
     rows = reproduce.ROWS
     assert list(rows) == ["mnist-fc", "mnist-conv", "mnist-multitier", "svhn-conv", "svhn-multitier",
                           "cifar10-conv", "cifar10-multitier", "cifar10-aug-conv",
-                          "cifar10-aug-multitier", "cifar10-certified-conv"]
+                          "cifar10-aug-multitier", "mnist-certified-fc-0.3", "mnist-certified-fc-1.58",
+                          "cifar10-certified-conv"]
     expected = {  # row: (width, paper accuracy)
         "mnist-fc": ((87,), 98.1), "mnist-conv": ((54,), 99.1), "mnist-multitier": ((16, 32, 32), 99.0),
         "svhn-conv": ((81,), 88.7), "svhn-multitier": ((16, 32, 60), 92.4),
@@ -50,6 +51,10 @@ def test_rows_are_the_papers(reproduce) -> None:
     certified = rows["cifar10-certified-conv"]  # not the paper's: certified training at 36/255
     assert certified.paper is None and abs(certified.certified_eps - 36 / 255) < 1e-15
     assert {"--certified-eps", "--loss"} <= set(certified.train_args())
+    for eps in (0.3, 1.58):  # GloRo's two MNIST radii, the joint bound in the loss (the default)
+        row = rows[f"mnist-certified-fc-{eps}"]
+        assert (row.width, row.certified_eps, row.paper) == ((256,), eps, None)
+        assert "--certified-bound" not in row.train_args()
 
 
 def test_list_prints_every_row_with_its_command(reproduce, capsys, tmp_path: Path) -> None:
