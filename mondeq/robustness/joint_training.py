@@ -115,9 +115,12 @@ def differentiable_joint_constants(model) -> Tensor:
         weights = half_spectrum_weights(size, f).reshape(-1)
         quad = (_stationary_value(a, coords, fa, va, linear.m, tau) * weights).sum(-1)
     gamma = (quad / tau * (1.0 + GAMMA_PAD)).clamp(min=0).sqrt()
-    out = torch.zeros(k, k, dtype=torch.float64, device=head.device)
-    out = out.index_put((rows, cols), gamma).index_put((cols, rows), gamma)
-    return out.to(head.dtype)
+    with torch.no_grad():  # the symmetric placement as a constant tensor (no index_put backward)
+        place = torch.zeros(len(rows), k, k, dtype=torch.float64, device=head.device)
+        pair = torch.arange(len(rows), device=head.device)
+        place[pair, rows, cols] = 1.0
+        place[pair, cols, rows] = 1.0
+    return torch.einsum("p,pij->ij", gamma, place).to(head.dtype)
 
 
 def _stationary_value(a: Tensor, c: Tensor, fa: Tensor, va: Tensor, m: float, tau: Tensor) -> Tensor:
