@@ -13,6 +13,9 @@ classifier's input normalisation (1 without one). The constant is differentiable
 ``input_norm()``, or the cheaper power-iteration estimate :class:`InputNormEstimate`), and not
 in W: the bound does not depend on F, G. :math:`H` and :math:`K` are those of the certificates
 (:func:`~mondeq.robustness.lipschitz.margin_lipschitz_matrix`, here with its graph).
+
+With ``bound="joint"`` every loss uses :math:`\min(K_{yj}, \Gamma_{yj})` instead, the joint
+constants of :mod:`.joint_training`, whose graph also reaches F (not G).
 """
 from __future__ import annotations
 
