@@ -103,3 +103,10 @@ def test_auto_trains_with_the_joint_bound_where_the_loss_has_it_and_the_cli_defa
     with pytest.raises(InvalidSettingError):
         training_bound(build("fc"), "tight")
     assert parse_args(["--certified-eps", "0.3"]).certified_bound == "auto"
+
+
+def test_a_layer_whose_margins_ignore_the_input_has_zero_constants():
+    model = build("fc")
+    with torch.no_grad():
+        model.layer.linear.U.weight.zero_()
+    assert torch.equal(differentiable_joint_constants(model), torch.zeros(4, 4, dtype=torch.float64))

@@ -92,6 +92,8 @@ def differentiable_joint_constants(model) -> Tensor:
     c = (head[rows] - head[cols]).to(torch.float64)
     with torch.no_grad():  # τ*: the certificate's minimiser, from its own float64 blocks
         _, tau = joint_gamma_squared(joint_spectrum(model), c.detach().cpu())
+    if not bool(torch.isfinite(tau).all()):  # P = 0 (U = 0): no margin depends on x, Γ = 0
+        return torch.zeros(k, k, dtype=head.dtype, device=head.device)
     tau = tau.to(c.device)
     d = input_scale_vector(model, linear).to(c.device)
     if isinstance(linear, MonotoneLinear):
