@@ -65,7 +65,10 @@ def test_converged_means_true_residual_below_tol(name, scale, family):
     converged_runs = 0
     # the multi-tier operator is slow to apply at this size: a thinner grid of the same kinds
     alphas, tols = ((1.0, 1 / 16), (1e-2, 1e-6)) if family == "multitier" else (ALPHAS, TOLS)
-    cap = 300
+    # the step-limited methods on the hard convolutional operators need far more than the cap
+    # at their step limits (the count below may be 0 there): what these runs check is that no
+    # run claims convergence it has not reached, which a shorter cap checks as well
+    cap = 100 if name in STEP_LIMITS and scale > 1 and family != "dense" else 300
     for alpha in grid(alphas, name, family, limit):
         for tol in tols:
             with warnings.catch_warnings():
