@@ -123,21 +123,35 @@ def joint_gamma_squared(spectrum: JointSpectrum, c: Tensor) -> tuple[Tensor, Ten
     Returns:
         ``(gamma2, tau)``, each ``(pairs,)``: :math:`\gamma^2` padded for rounding, and its τ.
     """
-    coords = spectrum.blocks.to_blocks(c.to(torch.float64))  # (pairs, blocks, d)
-    b = torch.einsum("gij,pgj->pgi", spectrum.whiten.to(coords.dtype), coords)
-    w = (b.abs() ** 2 * spectrum.weights.view(1, -1, 1)).reshape(len(c), -1)
-    theta = spectrum.theta.reshape(1, -1)
+    return minimise_gamma_squared(pair_weights(spectrum, whitened(spectrum, c)), spectrum.theta.reshape(1, -1))
+
+
+def whitened(spectrum: JointSpectrum, c: Tensor) -> Tensor:
+    r""":math:`b = V^H L^{-1}\hat c` of margin vectors ``c`` ``(pairs, n)``, per block: ``(pairs, blocks, d)``."""
+    coords = spectrum.blocks.to_blocks(c.to(torch.float64))
+    return torch.einsum("gij,pgj->pgi", spectrum.whiten.to(coords.dtype), coords)
+
+
+def pair_weights(spectrum: JointSpectrum, b: Tensor) -> Tensor:
+    r""":math:`w_k = |b_k|^2` times the block multiplicities, flattened: ``(pairs, blocks·d)``."""
+    return (b.abs() ** 2 * spectrum.weights.view(1, -1, 1)).reshape(len(b), -1)
+
+
+def minimise_gamma_squared(w: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r""":func:`joint_gamma_squared` from the weights ``w`` ``(pairs, k)`` and eigenvalues ``theta``
+    ``(1, k)``: bisection on the sign of :math:`d\gamma^2/d\tau` (each term is convex in τ)."""
+    pairs = len(w)
     theta_max = float(theta.max())
     hi = (1.0 - POLE_MARGIN) / theta_max if theta_max > 0 else float("inf")
     if not hi < float("inf"):  # P = 0: the margin does not depend on x
-        zeros = torch.zeros(len(c), dtype=torch.float64)
+        zeros = torch.zeros(pairs, dtype=torch.float64)
         return zeros, torch.full_like(zeros, float("inf"))
 
     def slope_sign(tau: Tensor) -> Tensor:  # sign of dγ²/dτ: Σ w (2τθ − 1)/(1 − τθ)²
         t = tau.view(-1, 1) * theta
         return (w * (2 * t - 1) / (1 - t) ** 2).sum(1)
 
-    lo_t = torch.zeros(len(c), dtype=torch.float64)
+    lo_t = torch.zeros(pairs, dtype=torch.float64)
     hi_t = torch.full_like(lo_t, hi)
     rising_at_hi = slope_sign(hi_t) > 0
     for _ in range(_BISECTIONS):
@@ -288,17 +302,14 @@ def joint_constants(model, head: Tensor | None = None, *, multipliers: str = "sc
         k = head.shape[0]
         rows, cols = torch.triu_indices(k, k, offset=1)
         c = head[rows] - head[cols]
-        gamma2, tau = joint_gamma_squared(spectrum, c)
+        w, theta = pair_weights(spectrum, whitened(spectrum, c)), spectrum.theta.reshape(1, -1)
+        gamma2, tau = minimise_gamma_squared(w, theta)
         tau0 = 1.0 / (lipschitz_bound(model) ** 2 * model.layer.linear.m)  # m s²/‖U‖² = 1/(L² m)
-        coords = spectrum.blocks.to_blocks(c)
-        b = torch.einsum("gij,pgj->pgi", spectrum.whiten.to(coords.dtype), coords)
-        w = (b.abs() ** 2 * spectrum.weights.view(1, -1, 1)).reshape(len(c), -1)
-        theta = spectrum.theta.reshape(1, -1)
         if tau0 * float(theta.max()) < 1 - POLE_MARGIN:
             at_tau0 = gamma_squared_at(w, theta, torch.full((len(c),), tau0, dtype=torch.float64))
             gamma2 = torch.minimum(gamma2, at_tau0 * (1.0 + GAMMA_PAD))
         if _use_diagonal(model, spectrum, len(c), multipliers):
-            diag = diagonal_gamma_squared(spectrum.blocks, coords, tau)
+            diag = diagonal_gamma_squared(spectrum.blocks, spectrum.blocks.to_blocks(c), tau)
             gamma2 = torch.minimum(gamma2, diag)
         out = torch.zeros(k, k, dtype=torch.float64)
         out[rows, cols] = gamma2.sqrt()
