@@ -102,3 +102,13 @@ class UnsupportedExportError(MonDEQError, RuntimeError):
             f"cannot hold. Run the model eagerly (torch.compile(model) compiles everything around "
             f"the solve, which stays one eager call), or ship the state_dict with the run's config "
             f"and rebuild it with mondeq.build_model / mondeq.load_run for inference")
+
+
+class StructureTooLargeError(InvalidSettingError):
+    """A parametrisation without its own block structure is too large to build densely."""
+
+    def __init__(self, name: str, state: int, inputs: int, limit: int) -> None:
+        super().__init__(
+            f"{name} provides no block_structure(), and its dense fallback (W by probing) is built "
+            f"only up to {limit} state or input values (got {state} and {inputs}); implement "
+            f"block_structure() on {name} (README, 'Writing your own operator') or use a smaller layer")

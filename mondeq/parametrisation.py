@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,9 @@ from torch import Tensor, nn
 from splitting import LinearOperator, State
 from .errors import StateShapeError
 from splitting.operator import check_margin
+
+if TYPE_CHECKING:
+    from .operators.structure import BlockStructure
 
 T = TypeVar("T")
 
@@ -40,9 +43,40 @@ class MonotoneParametrisation(nn.Module, ABC):
     def operator(self) -> LinearOperator:
         """The operator W built from the current parameters (``mv`` differentiable in F, G)."""
 
-    @abstractmethod
     def input_norm(self) -> Tensor:
-        r""":math:`\|U\|_2` exactly (the largest singular value of the input map)."""
+        r""":math:`\|U\|_2` exactly (the largest singular value of the input map), differentiable.
+
+        Read from :meth:`block_structure`; a family may override it with a cheaper formula for
+        the same number (the tests compare the two).
+        """
+        return self.block_structure().input_norm()
+
+    def block_structure(self, *, input_scale: Tensor | None = None) -> "BlockStructure":
+        r"""The exact block-diagonal form of :math:`I - W` and :math:`UD` in a unitary basis.
+
+        .. math:: Q(I - W)Q^H = \mathrm{diag}(X_b),\qquad Q\,UD\,R^H = \mathrm{diag}(V_b)
+
+        (:mod:`mondeq.operators.structure`). Every exact norm, the joint bound, its training loss
+        and the ‖I − W‖ penalty read only this. Built from the current parameters, differentiable
+        in them (a graph when autograd records), in their dtype and device.
+
+        The default probes the operator densely (:func:`~mondeq.operators.structure.probed_structure`:
+        ``operator().as_matrix()`` and ``bias`` of unit inputs), refused with
+        :class:`~mondeq.errors.StructureTooLargeError` above
+        :data:`~mondeq.operators.structure.DENSE_LIMIT` values; a family with an exact structure
+        overrides it.
+
+        Args:
+            input_scale: the diagonal :math:`D` of a classifier's input normalisation, one value
+                per input channel (channel-major inputs; ``(C,)`` with C dividing the input's
+                channels or values, or one value), applied to U's columns; ``None``: :math:`D = I`.
+
+        Returns:
+            A frozen :class:`~mondeq.operators.structure.BlockStructure`.
+        """
+        from .operators.structure import probed_structure  # operators/ imports this module
+
+        return probed_structure(self, input_scale=input_scale)
 
     def cached(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, memoised until a parameter changes.

@@ -29,7 +29,8 @@ from splitting.operator import check_alpha, check_margin
 from .autodiff import any_transformed
 from .last_application import LastApplication
 from ..parametrisation import MonotoneParametrisation
-from .fft import BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size, compose_kernels, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel, rfft2_blocks, spectral_norm
+from .structure import BlockStructure, expand_input_scale
+from .fft import BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size, compose_kernels, half_spectrum_weights, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel, rfft2_blocks, spectral_norm
 
 
 class ConvResolvent(Resolvent):
@@ -218,6 +219,14 @@ class ConvOperator(LinearOperator):
         return self._lipschitz
 
 
+def state_spectrum(c: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Flattened real states ``(K, C·H·W)`` → orthonormal half spectra ``(K, H·(W//2+1), C)``
+    (differentiable): a state's coordinates in the blocks of :meth:`MonotoneConv.block_structure`."""
+    ch, h, w = shape
+    hat = torch.fft.rfft2(c.reshape(len(c), ch, h, w), norm="ortho")
+    return hat.reshape(len(c), ch, -1).transpose(1, 2)
+
+
 def weight_kernel(f_kernel: Tensor, g_kernel: Tensor, m: float) -> Tensor:
     r"""The ``(2k − 1) × (2k − 1)`` kernel of :math:`W = (1 - m)I - F^\top F + G^\top - G`.
 
@@ -287,6 +296,19 @@ class MonotoneConv(MonotoneParametrisation):
 
     def input_norm(self) -> Tensor:
         return spectral_norm(self.U.weight, self.size)
+
+    def block_structure(self, *, input_scale: Tensor | None = None) -> BlockStructure:
+        r"""One ``C × C`` block per frequency of the orthonormal rfft2 half spectrum: factor
+        :math:`\hat F(\omega)`, skew :math:`\hat G - \hat G^H`, :math:`\hat U(\omega)D` (the
+        circular U on the padded grid: exact for ``padding=0``, an upper bound otherwise), one
+        multiplier per channel."""
+        f, g = kernel_blocks(self.F, self.size), kernel_blocks(self.G, self.size)
+        u = kernel_blocks(self.U.weight, self.size)
+        u = u * expand_input_scale(input_scale, u.shape[-1], u.real).to(u.dtype)
+        shape = (self.channels, *self.size)
+        return BlockStructure(self.m, u, half_spectrum_weights(self.size, f).reshape(-1),
+                              lambda c: state_spectrum(c, shape), torch.arange(self.channels, device=f.device),
+                              factor=f, skew=g - g.mH)
 
     def extra_repr(self) -> str:
         return f"state=({self.channels}, {self.size[0]}, {self.size[1]}), padding={self.padding}, m={self.m:g}"

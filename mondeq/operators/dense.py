@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from splitting import DenseOperator, State
 
 from ..parametrisation import MonotoneParametrisation
+from .structure import BlockStructure, expand_input_scale, single_block
 
 
 class MonotoneLinear(MonotoneParametrisation):
@@ -48,3 +49,10 @@ class MonotoneLinear(MonotoneParametrisation):
 
     def input_norm(self) -> Tensor:
         return torch.linalg.matrix_norm(self.U.weight, ord=2)
+
+    def block_structure(self, *, input_scale: Tensor | None = None) -> BlockStructure:
+        r"""One block in the standard basis: factor F, skew part :math:`G - G^\top`, and
+        :math:`UD` (one multiplier per hidden unit)."""
+        u = self.U.weight
+        return single_block(self.m, u * expand_input_scale(input_scale, u.shape[1], u),
+                            factor=self.F, skew=self.G - self.G.T)

@@ -44,10 +44,39 @@ class AliasGroups:
         flags = self.conj[i].view(*self.conj[i].shape, *(1,) * (picked.ndim - 2))
         return torch.where(flags, picked.conj(), picked)
 
+    def tier_blocks(self, blocks: Tensor, i: int) -> Tensor:
+        """Per-frequency blocks of tier i ``(nf_i, r, c)`` placed block-diagonally over the tier's
+        members: ``(frequencies, members·r, members·c)``."""
+        picked = self.members(blocks, i)
+        nf, k, r, c = picked.shape
+        out = torch.zeros(nf, k * r, k * c, dtype=picked.dtype, device=picked.device)
+        for j in range(k):
+            out[:, j * r:(j + 1) * r, j * c:(j + 1) * c] = picked[:, j]
+        return out
+
+    def coupling(self, i: int) -> Tensor:
+        r""":math:`L_i`, the stride-2 map from tier i to tier i + 1 on a group: child k of tier i →
+        parent k // 4, block :math:`\tfrac12\hat C_i`; ``(frequencies, dims_{i+1}, dims_i)``."""
+        half_c = 0.5 * self.members(self.spectra[2][i], i)
+        nf, k, cn, ci = half_c.shape
+        out = torch.zeros(nf, cn * (k // 4), ci * k, dtype=half_c.dtype, device=half_c.device)
+        for j in range(k):
+            p = j // 4
+            out[:, p * cn:(p + 1) * cn, j * ci:(j + 1) * ci] = half_c[:, j]
+        return out
+
 
 @torch.no_grad()
 def alias_groups(op) -> AliasGroups:
-    r"""I − W on each alias group, in complex128.
+    r"""I − W on each alias group, in complex128, without a graph (:func:`build_alias_groups` on
+    float64 spectra of the kernels)."""
+    return build_alias_groups(_spectra64(op), op.alias_maps(), op.m)
+
+
+def build_alias_groups(spectra: tuple[list[Tensor], list[Tensor], list[Tensor]], maps: list,
+                       m: float) -> AliasGroups:
+    r"""I − W on each alias group from the tiers' spectra :math:`(\hat A_i, \hat G_i, \hat C_i)`
+    (differentiable in them: a graph when they carry one).
 
     For each half-spectrum frequency of the last tier, the members of tier i are the
     :math:`4^{T-1-i}` frequencies folding onto it (through :meth:`AliasMap.fold`, conjugation
@@ -56,8 +85,8 @@ def alias_groups(op) -> AliasGroups:
     :math:`\tfrac12\hat C_i`), I − W has diagonal blocks :math:`D_i + L_i^H L_i` and
     off-diagonal blocks :math:`\hat A_{i+1}^H L_i` and its adjoint.
     """
-    a, g, c = _spectra64(op)
-    maps, tiers = op.alias_maps(), op.tiers
+    a, g, c = spectra
+    tiers = len(a)
     nf = a[-1].shape[0]
     index = [torch.arange(nf, device=a[-1].device).view(-1, 1)]
     conj = [torch.zeros(nf, 1, dtype=torch.bool, device=a[-1].device)]
@@ -67,28 +96,20 @@ def alias_groups(op) -> AliasGroups:
         conj.insert(0, (maps[i].fold_conj[parent] ^ conj[0].unsqueeze(-1)).reshape(nf, -1))
     dims = [ci * index[i].shape[1] for i, ci in enumerate(x.shape[-1] for x in a)]
     offsets = [sum(dims[:i]) for i in range(tiers + 1)]
-    x = torch.zeros(nf, offsets[-1], offsets[-1], dtype=torch.complex128, device=a[-1].device)
+    x = torch.zeros(nf, offsets[-1], offsets[-1], dtype=a[0].dtype, device=a[-1].device)
     groups = AliasGroups(x, index, conj, offsets, (a, g, c))
     members = groups.members
     for i in range(tiers):
         ci = a[i].shape[-1]
         eye = torch.eye(ci, dtype=a[i].dtype, device=a[i].device)
-        diag = members(op.m * eye + a[i].mH @ a[i] + g[i] - g[i].mH, i)
+        diag = members(m * eye + a[i].mH @ a[i] + g[i] - g[i].mH, i)
         for k in range(index[i].shape[1]):
             lo = offsets[i] + k * ci
             x[:, lo:lo + ci, lo:lo + ci] = diag[:, k]
         if i + 1 == tiers:
             break
-        cn = a[i + 1].shape[-1]
-        half_c = 0.5 * members(c[i], i)
-        coupling = torch.zeros(nf, dims[i + 1], dims[i], dtype=x.dtype, device=x.device)  # L_i
-        for k in range(index[i].shape[1]):
-            p = k // 4
-            coupling[:, p * cn:(p + 1) * cn, k * ci:(k + 1) * ci] = half_c[:, k]
-        a_next = torch.zeros(nf, dims[i + 1], dims[i + 1], dtype=x.dtype, device=x.device)
-        a_members = members(a[i + 1], i + 1)
-        for p in range(index[i + 1].shape[1]):
-            a_next[:, p * cn:(p + 1) * cn, p * cn:(p + 1) * cn] = a_members[:, p]
+        coupling = groups.coupling(i)
+        a_next = groups.tier_blocks(a[i + 1], i + 1)
         rows, cols = slice(offsets[i], offsets[i + 1]), slice(offsets[i + 1], offsets[i + 2])
         x[:, rows, rows] += coupling.mH @ coupling
         off = a_next.mH @ coupling

@@ -34,6 +34,7 @@ from splitting.operator import check_alpha, check_margin
 from ..autodiff import any_transformed
 from ..last_application import LastApplication
 from ...parametrisation import MonotoneParametrisation
+from ..structure import BlockStructure
 from ..fft import check_kernel_size, kernel_blocks, spectral_norm
 from .apply import KernelGradApply, apply_multitier, multitier_blocks
 from .norm import EXACT_GROUP_LIMIT, block_norm_bound, exact_norm
@@ -252,6 +253,12 @@ class MonotoneMultiTier(MonotoneParametrisation):
 
     def input_norm(self) -> Tensor:
         return spectral_norm(self.U.weight, self.sizes[0])
+
+    def block_structure(self, *, input_scale: Tensor | None = None) -> BlockStructure:
+        """One block per alias group (:mod:`mondeq.operators.multitier.structure`)."""
+        from .structure import multitier_structure  # it imports the operator's neighbours
+
+        return multitier_structure(self, input_scale=input_scale)
 
     def extra_repr(self) -> str:
         tiers = ", ".join(f"({c}, {h}, {w})" for c, (h, w) in zip(self.channels, self.sizes))
