@@ -105,11 +105,11 @@ def test_regular_install_uses_the_cache_not_site_packages(tmp_path: Path) -> Non
 
 
 def test_registry() -> None:
-    assert set(DATASETS) == {"mnist", "cifar10", "svhn"}
+    assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10", "svhn"}
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.num_classes == 10
         assert len(spec.mean) == len(spec.std) == spec.in_channels
-        assert spec.flip == (name == "cifar10")
+        assert spec.flip == (name in ("cifar10", "fashion-mnist"))  # clothes mirror; digits do not
     assert (DATASETS["mnist"].in_channels, DATASETS["mnist"].image_size) == (1, 28)
     assert (DATASETS["svhn"].in_channels, DATASETS["cifar10"].image_size) == (3, 32)
     with pytest.raises(Exception):

@@ -1,4 +1,4 @@
-"""Datasets: MNIST, CIFAR-10 and SVHN readers, the data-root rule, normalisation, augmentation
+"""Datasets: MNIST, Fashion-MNIST, CIFAR-10 and SVHN readers, the data-root rule, normalisation, augmentation
 and minibatching. No torchvision.
 
 The data root (one folder holding ``mnist/``, ``cifar10/``, ``svhn/``) is, first match wins:
@@ -15,6 +15,9 @@ from .batching import batches, num_batches
 from .cifar10 import (CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, download_cifar10,
                       load_cifar10, read_cifar10_batch)
 from .download import download_file, file_md5, raw_md5
+from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, FASHION_MNIST_MD5,
+                            FASHION_MNIST_MEAN, FASHION_MNIST_STD, download_fashion_mnist,
+                            load_fashion_mnist)
 from ..errors import ChecksumError, DatasetFileError, DownloadError, MissingDatasetError
 from .load import load_dataset
 from .mnist import (DEFAULT_ROOT, MNIST_FILES, MNIST_MD5, MNIST_MEAN, MNIST_MIRRORS, MNIST_STD,
@@ -29,6 +32,8 @@ __all__ = [
     "CIFAR10_ARCHIVE", "CIFAR10_FOLDER", "CIFAR10_MD5", "CIFAR10_URL", "download_cifar10",
     "load_cifar10", "read_cifar10_batch",
     "download_file", "file_md5", "raw_md5",
+    "FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FASHION_MNIST_MD5", "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD", "download_fashion_mnist", "load_fashion_mnist",
     "ChecksumError", "DatasetFileError", "DownloadError", "MissingDatasetError",
     "load_dataset",
     "DEFAULT_ROOT", "MNIST_FILES", "MNIST_MD5", "MNIST_MEAN", "MNIST_MIRRORS", "MNIST_STD",

@@ -12,6 +12,8 @@ The *data root* is one folder holding one subfolder per dataset (``mnist/``, ``c
 
 A root filled by torchvision is read as it is: :func:`dataset_folders` names, after the project's
 ``<root>/<name>/``, the folder torchvision keeps the same files in (:data:`TORCHVISION_LAYOUT`).
+A dataset that a distribution package installs system-wide (Fashion-MNIST: Debian's
+``/usr/share/datasets/fashion-mnist``, :data:`SYSTEM_FOLDERS`) is read from there last.
 
 Example:
     >>> resolve_data_root("/datasets")
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "TORCHVISION_LAYOUT", "cache_data_root", "checkout_data_root", "dataset_folders",
+__all__ = ["ENV_VAR", "SYSTEM_FOLDERS", "TORCHVISION_LAYOUT", "cache_data_root", "checkout_data_root", "dataset_folders",
            "resolve_data_root"]
 
 #: Environment variable naming the data root.
@@ -79,7 +81,14 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
 #: ``CIFAR10(root)`` reads ``root/cifar-10-batches-py/`` (from ``root/cifar-10-python.tar.gz``),
 #: ``SVHN(root)`` reads ``root/train_32x32.mat`` and ``root/test_32x32.mat``, ``MNIST(root)``
 #: reads ``root/MNIST/raw/*-ubyte(.gz)``.
-TORCHVISION_LAYOUT: dict[str, str] = {"mnist": "MNIST/raw", "cifar10": ".", "svhn": "."}
+TORCHVISION_LAYOUT: dict[str, str] = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw",
+                                      "cifar10": ".", "svhn": "."}
+
+#: System folders a distribution's data package installs a dataset in, read after the data
+#: root's two layouts (whatever the root): Debian's ``dataset-fashion-mnist``.
+SYSTEM_FOLDERS: dict[str, tuple[Path, ...]] = {
+    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+}
 
 
 def dataset_folders(name: str, root: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
@@ -88,7 +97,7 @@ def dataset_folders(name: str, root: str | os.PathLike[str] | None = None) -> tu
     filled by torchvision is read as it is.
 
     Args:
-        name: "mnist", "cifar10" or "svhn".
+        name: "mnist", "fashion-mnist", "cifar10" or "svhn".
         root: The data root, resolved by :func:`resolve_data_root`.
     """
     base = resolve_data_root(root)

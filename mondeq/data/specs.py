@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .mnist import MNIST_MEAN, MNIST_STD
 
 __all__ = ["DATASETS", "DatasetSpec", "denormalize", "normalize", "normalize_dataset"]
@@ -47,6 +48,8 @@ class DatasetSpec:
 #: not the often-copied (0.2023, 0.1994, 0.2010).
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", 1, 28, 10, (MNIST_MEAN,), (MNIST_STD,), flip=False),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 1, 28, 10, (FASHION_MNIST_MEAN,),
+                                 (FASHION_MNIST_STD,), flip=True),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465),
                            (0.2470, 0.2435, 0.2616), flip=True),
     "svhn": DatasetSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728),
@@ -114,7 +117,7 @@ def normalize_dataset(images: Tensor, name: str) -> Tensor:
 
     Args:
         images: (N, C, H, W) pixels in [0, 1].
-        name: "mnist", "cifar10" or "svhn".
+        name: "mnist", "fashion-mnist", "cifar10" or "svhn".
     """
     spec = dataset_spec(name)
     if len(spec.mean) == 1:  # one channel: scalars, no statistics tensor made on the device per call
