@@ -93,6 +93,12 @@ class SimplexEntropy(Prox):
             out.append(q if self.clamp is None else self.clamp.restrict(q, tier, k))
         return tuple(out)
 
+    def restrict(self, z: State) -> State:
+        """``z`` with its clamped variables set exactly to their values (a copy where changed)."""
+        if self.clamp is None:
+            return z
+        return tuple(self.clamp.restrict(t, tier, k) for tier, (t, k) in enumerate(zip(z, self.sizes)))
+
     def derivative(self, v: Tensor, alpha: float = 1.0) -> Tensor:
         raise UnsupportedDerivativeError(
             "the simplex-entropy prox has a block (not elementwise) Jacobian diag(g) − ggᵀ/Σg; "

@@ -1,0 +1,157 @@
+r"""A monotone deep Boltzmann machine that completes images and classifies them, in one equilibrium.
+
+The state holds one categorical variable per pixel (K intensity bins), hidden variables, and one
+label variable (10 values), as tiers (:mod:`mondeq.categorical.prox`). Observed pixels are
+clamped to their bins; the rest, and the label, are the unique mean-field fixed point
+
+.. math:: q = \mathrm{softmax}_{\text{blockwise}}(Wq + b)\ \text{on the free variables},
+          \qquad W = D - A^\top A \ \text{(hollow, } I - W \succeq mI),
+
+found by any splitting method of :data:`splitting.SOLVERS` (but Newton, which needs an
+elementwise derivative) and differentiated implicitly
+(:mod:`mondeq.categorical.implicit`). Feng, Winston & Kolter, "Monotone deep Boltzmann
+machines", TMLR 2023.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from splitting import SOLVERS, EquilibriumStats, State
+from ..errors import InvalidSettingError, StateShapeError
+from .implicit import categorical_equilibrium
+from .prox import Clamp, SimplexEntropy, grouped, one_hot_state
+
+METHODS = ("fb", "pr", "dr", "anderson-pr", "anderson-fb")
+
+
+@dataclass
+class Completion:
+    """What one mean-field solve says about a batch of images.
+
+    Attributes:
+        pixels: per-pixel bin probabilities, ``(B, H, W, K)`` (one-hot on observed pixels).
+        label: label probabilities, ``(B, classes)``.
+        state: the whole fixed point (every tier).
+        stats: the solver results.
+    """
+
+    pixels: Tensor
+    label: Tensor
+    state: State
+    stats: EquilibriumStats
+
+    def expected_intensity(self) -> Tensor:
+        """The mean of the bin centres (a + ½)/K under each pixel's marginal, ``(B, H, W)``."""
+        k = self.pixels.shape[-1]
+        centres = (torch.arange(k, dtype=self.pixels.dtype, device=self.pixels.device) + 0.5) / k
+        return self.pixels @ centres
+
+
+class CompletionDBM(nn.Module):
+    r"""Joint image completion and classification by a monotone DBM (module docstring).
+
+    Args:
+        coupling: a hollow monotone parametrisation (:class:`~mondeq.categorical.dense.HollowDense`
+            or :class:`~mondeq.categorical.conv.HollowMultiTier`); tier 0 holds the pixels, the
+            last tier the label.
+        image_shape: ``(H, W)``.
+        solver: a method of :data:`METHODS`.
+        alpha, tol, max_iter: its settings (α ≤ 1 for the methods that apply the prox at α,
+            which all do: FB needs α < 2m/L² for its guarantee, the Rachford methods any α).
+    """
+
+    def __init__(self, coupling: nn.Module, *, image_shape: tuple[int, int] = (28, 28),
+                 solver: str = "pr", alpha: float = 1.0, tol: float = 1e-2, max_iter: int = 200) -> None:
+        super().__init__()
+        if solver not in METHODS:
+            raise InvalidSettingError(f"solver must be one of {METHODS}, got {solver!r}")
+        self.coupling = coupling
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.sizes = tuple(coupling.sizes)
+        self.bins, self.classes = self.sizes[0], self.sizes[-1]
+        shapes = coupling.state_shape
+        pixels = self.bins * self.image_shape[0] * self.image_shape[1]
+        if _numel(shapes[0]) != pixels or _numel(shapes[-1]) != self.classes:
+            raise StateShapeError(f"tier 0 must hold {pixels} pixel channels and the last tier "
+                                  f"{self.classes} label channels; the coupling has {shapes}")
+        self.bias = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in shapes])
+        self.solver, self.alpha, self.tol, self.max_iter = solver, float(alpha), float(tol), int(max_iter)
+
+    def _groups(self, tier: int) -> tuple[int, ...]:
+        shape = self.coupling.state_shape[tier]
+        return (shape[0] // self.sizes[tier], *shape[1:])
+
+    def clamp(self, bins: Tensor, observed: Tensor, labels: Tensor | None = None) -> Clamp:
+        """The clamping of observed pixels (and, if given, of the label)."""
+        b = bins.shape[0]
+        if tuple(bins.shape[1:]) != self.image_shape or observed.shape != bins.shape:
+            raise StateShapeError(f"bins and observed must be (B, {self.image_shape[0]}, {self.image_shape[1]}), "
+                                  f"got {tuple(bins.shape)} and {tuple(observed.shape)}")
+        groups = self._groups(0)
+        masks: list[Tensor | None] = [observed.reshape(b, *groups)]
+        values: list[Tensor | None] = [one_hot_state(bins.reshape(b, *groups), self.bins).to(self.dtype)]
+        masks += [None] * (len(self.sizes) - 1)
+        values += [None] * (len(self.sizes) - 1)
+        if labels is not None:
+            groups = self._groups(len(self.sizes) - 1)
+            masks[-1] = torch.ones(b, *groups, dtype=torch.bool, device=bins.device)
+            values[-1] = one_hot_state(labels.reshape(b, *groups), self.classes).to(self.dtype)
+        return Clamp(masks, values)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.bias[0].dtype
+
+    def nonlinearity(self, clamp: Clamp | None) -> SimplexEntropy:
+        return SimplexEntropy(self.sizes, clamp=clamp)
+
+    def solve(self, clamp: Clamp | None, batch: int, *, solver: str | None = None,
+              alpha: float | None = None, tol: float | None = None, z0: State | None = None):
+        """The mean-field fixed point of ``batch`` samples under ``clamp`` (state, stats)."""
+        op = self.coupling.operator()
+        bias = tuple(p.unsqueeze(0).expand(batch, *p.shape) for p in self.bias)
+        return categorical_equilibrium(
+            op, self.nonlinearity(clamp), bias, solver=SOLVERS[solver or self.solver],
+            alpha=self.alpha if alpha is None else alpha, tol=self.tol if tol is None else tol,
+            max_iter=self.max_iter, z0=z0)
+
+    def forward(self, bins: Tensor, observed: Tensor, **settings) -> Completion:
+        """Complete and classify: ``bins`` (B, H, W) integer bins, ``observed`` (B, H, W) bool."""
+        state, stats = self.solve(self.clamp(bins, observed), bins.shape[0], **settings)
+        b = bins.shape[0]
+        pixels = grouped(state[0], self.bins).movedim(2, -1).reshape(b, *self.image_shape, self.bins)
+        return Completion(pixels, state[-1].reshape(b, self.classes), state, stats)
+
+    def complete(self, images: Tensor, observed: Tensor) -> Completion:
+        """Complete images in [0, 1] (``(B, H, W)`` or ``(B, 1, H, W)``) from their ``observed``
+        pixels (same shape, bool), without gradients."""
+        images = images.reshape(images.shape[0], *self.image_shape)
+        observed = observed.reshape(images.shape).to(torch.bool)
+        with torch.no_grad():
+            return self(to_bins(images, self.bins), observed)
+
+    def loss(self, out: Completion, bins: Tensor, observed: Tensor, labels: Tensor,
+             *, label_weight: float = 1.0) -> Tensor:
+        """Cross-entropy on the hidden pixels (mean per hidden pixel) plus ``label_weight`` ×
+        cross-entropy on the label (mean per image)."""
+        tiny = torch.finfo(out.pixels.dtype).tiny
+        picked = out.pixels.gather(-1, bins.unsqueeze(-1)).squeeze(-1).clamp_min(tiny).log()
+        hidden = ~observed
+        pixel_loss = -(picked * hidden).sum() / hidden.sum().clamp_min(1)
+        label_loss = -out.label.gather(1, labels.view(-1, 1)).clamp_min(tiny).log().mean()
+        return pixel_loss + label_weight * label_loss
+
+
+def to_bins(images: Tensor, bins: int) -> Tensor:
+    """Intensities in [0, 1] → bin indices floor(x·K), the top value in the last bin."""
+    return torch.clamp((images * bins).floor().long(), 0, bins - 1)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

@@ -1,0 +1,106 @@
+"""Multi-tier convolutional hollow couplings: exact structure (strided couplings included), the
+resolvent, every method's unique fixed point, and implicit gradients."""
+import pytest
+import torch
+
+from splitting import SOLVERS
+from splitting.state import flatten, unflatten
+from mondeq.categorical.conv import HollowMultiTier
+from mondeq.categorical.implicit import categorical_equilibrium
+from mondeq.categorical.prox import Clamp, SimplexEntropy, one_hot_state
+
+# pixels (2 bins, 8×8), hidden (2 groups of 2 at 4×4), hidden (2 groups of 3 at 2×2), label (3 values)
+TIERS = ((2, 8, 8, 2), (4, 4, 4, 2), (6, 2, 2, 3), (3, 1, 1, 3))
+KERNELS = ((0, 0, 3), (1, 0, 3), (1, 1, 3), (2, 0, 3), (2, 1, 3), (2, 2, 1), (3, 2, 2), (3, 3, 1))
+
+
+def coupling(seed=0, m=0.3):
+    return HollowMultiTier(TIERS, KERNELS, m=m, scale=2.0, generator=torch.Generator().manual_seed(seed)).double()
+
+
+def variable_blocks(w):
+    """Index sets of every variable (tier, group, position) in the flattened state."""
+    start = 0
+    for c, h, wd, k in TIERS:
+        idx = torch.arange(c * h * wd).view(c // k, k, h, wd) + start
+        for g in range(c // k):
+            for y in range(h):
+                for x in range(wd):
+                    yield idx[g, :, y, x]
+        start += c * h * wd
+
+
+def test_w_is_symmetric_exactly_hollow_with_strided_couplings_and_i_minus_w_at_least_m():
+    c = coupling()
+    op = c.operator()
+    with torch.no_grad():
+        w = op.as_matrix()
+    scale = float(w.abs().max())
+    assert float((w - w.T).abs().max()) <= 1e-14 * scale  # Aᵀ is the exact adjoint of A
+    assert max(float(w[i][:, i].abs().max()) for i in variable_blocks(w)) <= 1e-14 * scale
+    # different variables at one position do couple, and strided couplings are present
+    assert float(w.abs().max()) > 0.05
+    eye = torch.eye(len(w), dtype=w.dtype)
+    assert torch.linalg.eigvalsh(eye - (w + w.T) / 2).min() >= c.m - 1e-12
+    assert torch.linalg.matrix_norm(eye - w, ord=2) <= op.lipschitz()
+    # the resolvent solves (I + α(I − W)) x = r
+    r = unflatten(torch.randn(2, len(w), dtype=w.dtype), op.zeros(2))
+    with torch.no_grad():
+        x = op.resolvent(0.8).solve(r)
+    assert torch.allclose(flatten(x) @ (1.8 * eye - 0.8 * w).T, flatten(r), atol=1e-10)
+
+
+def problem(batch=2, seed=1):
+    c = coupling(seed)
+    gen = torch.Generator().manual_seed(seed)
+    bias = tuple(torch.randn(batch, *s, generator=gen, dtype=torch.float64) for s in c.state_shape)
+    mask = torch.rand(batch, 1, 8, 8, generator=gen) < 0.4
+    values = one_hot_state(torch.randint(0, 2, (batch, 1, 8, 8), generator=gen), 2).double()
+    clamp = Clamp([mask, None, None, None], [values, None, None, None])
+    return c, bias, SimplexEntropy(c.sizes, clamp=clamp)
+
+
+METHODS = {"fb": 0.5, "pr": 1.0, "dr": 1.0, "anderson-pr": 1.0, "anderson-fb": 0.5}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@torch.no_grad()
+def test_every_method_reaches_one_fixed_point_from_ten_starts_on_the_conv_model(name):
+    c, bias, prox = problem(batch=1)
+    op = c.operator()
+    starts = 10
+    bias = tuple(b.repeat(starts, 1, 1, 1) for b in bias)
+    prox.clamp = Clamp([prox.clamp.masks[0].repeat(starts, 1, 1, 1), None, None, None],
+                       [prox.clamp.values[0].repeat(starts, 1, 1, 1), None, None, None])
+    z0 = tuple(torch.rand(starts, *s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+               for s in c.state_shape)
+    q, stats = categorical_equilibrium(op, prox, bias, solver=SOLVERS[name], alpha=METHODS[name],
+                                       tol=1e-10, max_iter=2000, z0=z0)
+    assert stats.forward.converged
+    mask = prox.clamp.masks[0].unsqueeze(2).expand(-1, -1, 2, -1, -1).reshape(q[0].shape)
+    assert torch.equal(q[0][mask], prox.clamp.values[0][mask])
+    assert (flatten(q) - flatten(q)[:1]).abs().max() <= 1e-8
+
+
+def test_implicit_gradients_match_finite_differences_on_the_conv_model():
+    c, bias, prox = problem()
+    weights = tuple(torch.randn_like(b) for b in bias)
+    params = list(c.weights)
+    directions = [torch.randn_like(p) for p in params]
+
+    def loss():
+        q, _ = categorical_equilibrium(c.operator(), prox, bias, solver=SOLVERS["fb"], alpha=0.5,
+                                       tol=1e-12, max_iter=2000)
+        return sum((w * t).sum() for w, t in zip(weights, q))
+
+    grads = torch.autograd.grad(loss(), params)
+    analytic = sum((g * d).sum() for g, d in zip(grads, directions))
+    eps = 1e-6
+    with torch.no_grad():
+        for p, d in zip(params, directions):
+            p.add_(eps * d)
+        plus = loss()
+        for p, d in zip(params, directions):
+            p.sub_(2 * eps * d)
+        minus = loss()
+    assert abs(float(analytic) - float(plus - minus) / (2 * eps)) <= 1e-6 * max(1.0, abs(float(analytic)))
