@@ -20,7 +20,7 @@ Example::
 """
 import sys
 
-from mondeq.cli.certify import main
+from mondeq.cli.main import run_command
 
-if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq certify`
+    sys.exit(run_command("certify"))

@@ -21,17 +21,16 @@ Writes to ``--out``: ``comparison.csv`` (every run), ``comparison.md`` (tables),
 ``residual_vs_iteration.png``, ``residual_vs_time.png`` (each method at its best α) and
 ``iterations_vs_alpha.png``.
 
-Without ``--checkpoint`` a quick model is trained first (one epoch on ``--train-limit`` images).
+Without a run a quick model is trained first (one epoch on ``--train-limit`` images).
 Everything runs on ``--device`` (default: CUDA when available, else the CPU); on CUDA each timed
 call is synchronised before the clock stops.
 
-    python experiments/compare_splitting.py --checkpoint runs/mnist_fc/checkpoint.pt --out runs/compare_fc
+    python experiments/compare_splitting.py runs/mnist_fc --out runs/compare_fc
     python experiments/compare_splitting.py --model conv --batch-size 64 --out runs/compare_conv
 """
 import sys
 
-from mondeq.cli.compare import main
+from mondeq.cli.main import run_command
 
-if __name__ == "__main__":
-    main()
-    sys.exit(0)
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq compare`
+    sys.exit(run_command("compare"))

@@ -7,7 +7,7 @@ paper's 40 epochs. The same as ``mondeq device-check`` (see :mod:`mondeq.cli.dev
 """
 import sys
 
-from mondeq.cli.device_check import main
+from mondeq.cli.main import run_command
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq device-check`
+    sys.exit(run_command("device-check"))

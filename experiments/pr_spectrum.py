@@ -21,9 +21,11 @@ T is not block diagonal in frequency once the ReLU mask is applied).
 The spectra come from :func:`mondeq.cli.compare.pr_spectrum`. Runs on ``--device`` (default:
 CUDA when available, else the CPU).
 
-    python experiments/pr_spectrum.py --checkpoint runs/mnist_fc/checkpoint.pt
+    python experiments/pr_spectrum.py runs/mnist_fc
 """
-from mondeq.cli.compare.spectrum import main
+import sys
 
-if __name__ == "__main__":
-    main()
+from mondeq.cli.main import run_command
+
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq spectrum`
+    sys.exit(run_command("spectrum"))

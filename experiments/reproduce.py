@@ -31,7 +31,7 @@ hardware (device name, threads), wall time, the command. CIFAR-10 and SVHN must 
 """
 import sys
 
-from mondeq.cli.reproduce import main
+from mondeq.cli.main import run_command
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq reproduce`
+    sys.exit(run_command("reproduce"))

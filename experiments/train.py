@@ -39,11 +39,7 @@ Example::
 """
 import sys
 
-from mondeq.cli.train import main
-from mondeq.errors import CheckpointError
+from mondeq.cli.main import run_command
 
-if __name__ == "__main__":
-    try:
-        sys.exit(0 if main() is not None else 1)
-    except (FileNotFoundError, CheckpointError) as err:  # a missing or unreadable checkpoint
-        sys.exit(f"error: {err}")
+if __name__ == "__main__":  # the same program, options and one-line errors as `mondeq train`
+    sys.exit(run_command("train"))

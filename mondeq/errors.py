@@ -14,12 +14,12 @@ from splitting.errors import (ConvergenceWarning, InvalidSettingError, MonDEQErr
                               NonFiniteInputError, StateShapeError, StepSizeWarning,
                               UnsupportedDerivativeError)
 
-__all__ = ["ChecksumError", "CheckpointError", "ConvergenceWarning", "DatasetFileError",
-           "DownloadError", "InputScaleError", "InputShapeError", "InvalidSettingError",
-           "LabelError", "MissingDatasetError", "MissingDependencyError",
+__all__ = ["ChecksumError", "CheckpointError", "ClassifierTypeError", "ConvergenceWarning", "DatasetFileError",
+           "DeviceUnavailableError", "DownloadError", "InputDTypeError", "InputScaleError", "InputShapeError",
+           "InvalidSettingError", "LabelError", "MissingDatasetError", "MissingDependencyError",
            "MonDEQError", "NonAffineReadoutError", "NonFiniteInputError", "ResumeConfigError",
            "StateShapeError", "StepSizeWarning", "UnsupportedDerivativeError",
-           "UnsupportedExportError"]
+           "UnsupportedExportError", "UnknownPretrainedError", "PretrainedChecksumError"]
 
 
 class NonAffineReadoutError(MonDEQError, TypeError):
@@ -29,6 +29,12 @@ class NonAffineReadoutError(MonDEQError, TypeError):
 
 class CheckpointError(MonDEQError, ValueError):
     """A checkpoint file that cannot be read, or that does not fit the model it is loaded into."""
+
+
+class DeviceUnavailableError(MonDEQError, RuntimeError):
+    """A device asked for (``map_location``, ``--device``) that this machine does not have; the
+    file being loaded was not judged (it may be perfectly good). The message names the device
+    and how to load on one that exists."""
 
 
 class ResumeConfigError(MonDEQError, ValueError):
@@ -74,6 +80,17 @@ class InputShapeError(MonDEQError, ValueError):
     message names the expected and the received shapes."""
 
 
+class ClassifierTypeError(MonDEQError, TypeError):
+    """A function that needs a classifier (certificates, attacks) was given something else, such
+    as the classifier's ``MonDEQ`` layer."""
+
+
+class InputDTypeError(MonDEQError, TypeError):
+    """Inputs of a dtype that has no pixel scale (integers other than ``uint8``, ``bool``,
+    complex) or that differs from the parameters' outside autocast; the message names the
+    conversion."""
+
+
 class LabelError(MonDEQError, ValueError):
     """Labels that cannot go with a batch of inputs: not integers, not one per example, or
     outside ``0..classes−1``."""
@@ -112,3 +129,21 @@ class StructureTooLargeError(InvalidSettingError):
             f"{name} provides no block_structure(), and its dense fallback (W by probing) is built "
             f"only up to {limit} state or input values (got {state} and {inputs}); implement "
             f"block_structure() on {name} (README, 'Writing your own operator') or use a smaller layer")
+
+
+class UnknownPretrainedError(MonDEQError, ValueError):
+    """A pretrained model name that the registry does not hold (the message lists those it does)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no pretrained model named {name!r}; mondeq.pretrained() lists them: "
+                         f"{', '.join(known) or 'none installed'}")
+
+
+class PretrainedChecksumError(MonDEQError, OSError):
+    """A pretrained model's weights file is not the one its registry entry recorded."""
+
+    def __init__(self, path: object, expected: str, actual: str) -> None:
+        super().__init__(f"{path}: SHA-256 {actual}, but the registry recorded {expected}; the "
+                         f"file is damaged or was replaced: reinstall the package (pip install "
+                         f"--force-reinstall mondeq) or record the model again "
+                         f"(experiments/check_pretrained.py --record)")

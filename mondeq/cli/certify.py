@@ -22,7 +22,8 @@ from ..robustness import pairwise_lipschitz, pgd
 from ..robustness.certification import certified_accuracy, certify
 from ..robustness.looseness import ascend_lipschitz_ratio, pgd_pair_ratio
 from ..training import read_checkpoint
-from .options import checkpoint_file, data_root_arg, default_device, device_arg, hidden_alias, positive_float, positive_int
+from .options import (HelpFormatter, checkpoint_file, data_root_arg, default_device, device_arg, hidden_alias,
+                      positive_float, positive_int, run_data_root)
 from .plots import plot_certified
 
 DESCRIPTION = ("Certify a trained monDEQ: sound certified ℓ2 accuracy against PGD robust accuracy on its "
@@ -32,8 +33,7 @@ EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the certify command's options (``experiments/certify.py --help``)."""
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("run", type=Path, help="a run of mondeq train: its --out folder or its checkpoint.pt")
     p.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS),
                    help="ℓ2 radii in pixel scale [0, 1], each > 0")
@@ -58,10 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ascent-steps", type=positive_int, default=20, help="steps of that ascent")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
     p.add_argument("--data-root", type=data_root_arg, default=None,
-                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then "
-                        "~/.cache/mondeq)")
+                   help="folder holding mnist/ (default: the run's own data root, else $MONDEQ_DATA, "
+                        "the checkout's data/, then ~/.cache/mondeq)")
     hidden_alias(p, "--data", dest="data_root", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of PGD's random restarts")
     p.add_argument("--device", type=device_arg, default=default_device(),
                    help="where the model, the data and the attack's generator live (default: cuda when "
                         "available)")
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
     out.mkdir(parents=True, exist_ok=True)
     dataset = state["config"].get("dataset") or "mnist"
+    args.data_root = run_data_root(args.data_root, state["config"])  # the run's, unless given
     x, labels = (load_mnist(mnist_folder(args.data_root), train=False, download=False) if dataset == "mnist"
                  else load_dataset(dataset, args.data_root, train=False))
     x = x[: args.test_limit].to(device=device, dtype=dtype)  # pixels: the model normalises them

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import torch
 from torch.nn import functional as nnf
 
-from .options import device_arg, positive_float
+from .options import HelpFormatter, device_arg, positive_float
 
 PAPER_EPOCHS = 40
 PAPER_HOURS = 1.4  # the paper's CIFAR-10 training time on an RTX 2080 Ti
@@ -302,7 +302,7 @@ def table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mondeq device-check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="the accelerator to check (default: cuda when available)")
     p.add_argument("--quick", action="store_true",

@@ -2,22 +2,26 @@
 
     mondeq train [options]        train a classifier, report accuracy, iterations, certificates
     mondeq certify RUN [options]  certified ℓ2 accuracy against PGD for a trained run
-    mondeq compare [options]      every splitting method × α: iterations and time to a residual
-    mondeq spectrum [options]     eigenvalues of Peaceman-Rachford's linearised map
+    mondeq compare [RUN] [options] every splitting method × α: iterations and time to a residual
+    mondeq spectrum RUN [options] eigenvalues of Peaceman-Rachford's linearised map
     mondeq reproduce [options]    the paper's Table 1, row by row
     mondeq device-check [options] check a lent GPU: the CUDA tests, step and epoch times
+    mondeq --version              the installed version
 
 ``python -m mondeq ...`` is the same command, and ``pip install .`` installs it as the console
 script ``mondeq`` (setup.cfg's ``console_scripts``). Each subcommand's options are those of the
 matching program in ``experiments/`` (``mondeq train --help``), in one vocabulary: ``--batch-size``,
-``--data-root``, ``--device`` (cuda when available, else cpu), and a run given as its folder or its
-``checkpoint.pt``. A mistake ends in one ``error: ...`` line on stderr: status 2 for a bad option,
-1 for a bad file or a failed run.
+``--data-root``, ``--device`` (cuda when available, else cpu), and a run given as the first
+positional argument (its folder or its ``checkpoint.pt``; the run's own ``--data-root`` is reused).
+A mistake ends in one ``error: ...`` line on stderr: status 2 for a bad option, 1 for a bad file
+or a failed run; the programs in ``experiments/`` go through the same handling
+(:func:`run_command`, :func:`run_program`). A new subcommand is one entry of :data:`SUBCOMMANDS`.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Callable
 
 from ..errors import MissingDatasetError, MonDEQError
 
@@ -35,7 +39,7 @@ def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: mondeq <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    lines += ["", "`mondeq <command> --help` lists a command's options."]
+    lines += ["", "`mondeq <command> --help` lists a command's options; `mondeq --version` the version."]
     return "\n".join(lines)
 
 
@@ -44,20 +48,51 @@ def main(argv: list[str] | None = None) -> int:
 
     Errors a user can fix are reported as one ``error: ...`` line on stderr, without a traceback:
     a bad option exits with status 2 (argparse's own convention), a bad file or a failed run
-    (any :class:`mondeq.errors.MonDEQError`, a missing or unreadable file) with status 1.
+    (any :class:`mondeq.errors.MonDEQError`, a missing or unreadable file) with status 1
+    (:func:`run_program`).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from .. import __version__
+        print(f"mondeq {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"mondeq: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    return run_command(name, rest, prog=f"mondeq {name}")
+
+
+def run_command(name: str, argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the subcommand ``name`` (a key of :data:`SUBCOMMANDS`) with ``argv`` under the one
+    error handling of :func:`run_program`; the programs in ``experiments/`` call this.
+
+    Args:
+        name: the subcommand.
+        argv: its arguments (default: ``sys.argv[1:]``).
+        prog: the program's name in argparse's messages (default: ``sys.argv[0]``).
+    """
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    sys.argv = [f"mondeq {name}", *rest]  # argparse names the program in its messages
+    entry = module.run if hasattr(module, "run") else module.main
+    return run_program(entry, argv, prog=prog)
+
+
+def run_program(entry: Callable[[list[str]], object], argv: list[str] | None = None, *,
+                prog: str | None = None) -> int:
+    """Call ``entry(argv)`` (a program's ``main``) and turn what it raises into an exit status.
+
+    A mistake ends in one ``error: ...`` line on stderr, never a traceback: argparse's own exit
+    (status 2), a ``sys.exit("error: ...")`` or any :class:`mondeq.errors.MonDEQError`, missing
+    or unreadable file (status 1), an interrupt (status 130). ``entry``'s return value is the
+    status when it is an int, else 0.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.argv = [prog or sys.argv[0], *argv]  # argparse names the program in its messages
     try:
-        status = module.run(rest) if hasattr(module, "run") else module.main(rest)
+        status = entry(argv)
     except SystemExit as exit_:  # argparse (status 2) or a command's own `sys.exit("error: ...")`
         if isinstance(exit_.code, str):
             text = one_line(exit_.code)
@@ -67,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MonDEQError, OSError) as err:  # OSError: a missing, unreadable or misplaced file
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) else 0
 
 

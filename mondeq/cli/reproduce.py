@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .options import HelpFormatter, data_root_arg, default_device, device_arg
+from .train_options import describe_run, holds_run
+
 TRAIN = ["-m", "mondeq.cli.train"]
 """How the rows run the training command (the package's, so no checkout path is needed)."""
 DESCRIPTION = "Reproduce the monDEQ paper's Table 1, one row per command, and gather the results."
@@ -104,16 +107,12 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 )}
 
 
-def default_device() -> str:
-    """cuda when available, else cpu."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def command(row: Row, *, runs: Path, device: str, data_root: Path | None,
-            extra: list[str]) -> list[str]:
-    """The train.py command line of ``row``; ``extra`` is appended (and so overrides)."""
+            extra: list[str], overwrite: bool = False) -> list[str]:
+    """The train.py command line of ``row``; ``extra`` is appended (and so overrides);
+    ``overwrite`` replaces a run already in the row's folder."""
     cmd = [sys.executable, *TRAIN, *row.train_args(), "--device", device,
-           "--out", str(runs / row.name)]
+           "--out", str(runs / row.name)] + (["--overwrite"] if overwrite else [])
     if data_root is not None:
         cmd += ["--data-root", str(data_root)]
     return cmd + list(extra)
@@ -163,11 +162,11 @@ def _certified(row: Row, results: dict) -> float | None:
 
 
 def run_row(row: Row, *, runs: Path, device: str, data_root: Path | None,
-            extra: list[str]) -> dict:
+            extra: list[str], overwrite: bool = False) -> dict:
     """Runs train.py for ``row`` (output streamed and logged), then writes ``runs/ROW.json``."""
     out = runs / row.name
     out.mkdir(parents=True, exist_ok=True)
-    cmd = command(row, runs=runs, device=device, data_root=data_root, extra=extra)
+    cmd = command(row, runs=runs, device=device, data_root=data_root, extra=extra, overwrite=overwrite)
     print("$ " + shlex.join(cmd), flush=True)
     start = time.perf_counter()
     lines = []
@@ -233,8 +232,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter,
                                 epilog="Arguments after -- are forwarded to train.py.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--row", nargs="+", choices=sorted(ROWS), metavar="NAME",
@@ -243,11 +241,28 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     what.add_argument("--list", action="store_true", help="print the rows and their commands")
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS,
                    help="folder of the per-row outputs and JSON files")
-    p.add_argument("--device", default=default_device(),
+    p.add_argument("--device", type=device_name, default=default_device(),
                    help="cpu, cuda or cuda:K (default: cuda when available)")
-    p.add_argument("--data-root", type=Path, default=None,
+    p.add_argument("--data-root", type=data_root_arg, default=None,
                    help="folder holding mnist/, cifar10/, svhn/ (default: train.py's rule)")
-    return p.parse_args(argv), extra
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace rows already run in --runs (forwarded to train.py as --overwrite); "
+                        "without it a row whose folder holds a run is refused before anything runs")
+    args = p.parse_args(argv)
+    if args.row and not args.overwrite and "--resume" not in extra:
+        done = [f"{args.runs / name} ({describe_run(args.runs / name)})" for name in args.row
+                if holds_run(args.runs / name)]
+        if done:
+            p.error(f"already run: {'; '.join(done)}; replace with --overwrite, continue with -- --resume, "
+                    "or choose another --runs")
+    return args, extra
+
+
+def device_name(text: str) -> str:
+    """``--device`` for the rows: a device of this machine (:func:`device_arg`), kept as the string
+    train.py is given."""
+    device_arg(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.row:
         run_row(ROWS[name], runs=args.runs, device=args.device, data_root=args.data_root,
-                extra=extra)
+                extra=extra, overwrite=args.overwrite)
     return 0
 
 

@@ -3,10 +3,12 @@ options, and the merge with a saved run's configuration on ``--resume``."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 from pathlib import Path
 
-from splitting import SOLVERS
+from splitting import SOLVERS, STEP_LIMITS
 
 from ..data import DATASETS
 from ..errors import ResumeConfigError
@@ -15,8 +17,8 @@ from ..models.nonlinearities import DEFAULT_NONLINEARITY, NONLINEARITIES
 from ..robustness.joint_training import TRAINING_BOUNDS
 from ..training.resume import explicit_options, merge_saved_config
 from ..training.schedules import SCHEDULES
-from ..training.step_size import FB_SOLVERS, STABLE_FRACTION
-from .options import data_root_arg, device_arg
+from ..training.step_size import FB_SOLVERS, STABLE_FRACTION, STEP_RULES
+from .options import HelpFormatter, data_root_arg, device_arg
 
 DESCRIPTION = ("Train a monDEQ classifier (MNIST, CIFAR-10 or SVHN) and report accuracy, solver "
                "iterations, Lipschitz bound and certified ℓ2 accuracy.")
@@ -48,9 +50,8 @@ SAVED_BEFORE_OPTION = {"nonlinearity": DEFAULT_NONLINEARITY, "operator_penalty":
 
 def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     """The training command's options (``experiments/train.py --help``)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="the data to train and test on")
     p.add_argument("--data-root", type=data_root_arg, default=None,
                    help="folder holding mnist/, cifar10/, svhn/, or the files in torchvision's layout "
                         "(MNIST/raw/, cifar-10-batches-py/, *_32x32.mat) (default: $MONDEQ_DATA, the "
@@ -131,12 +132,16 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="output folder (default: runs/{dataset}_{model})")
     r.add_argument("--resume", action="store_true",
                    help="continue OUT/checkpoint.pt with its saved configuration")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint, results, metrics, curves, "
+                        "TensorBoard events and certify outputs are removed first); without it, and "
+                        "without --resume, an --out holding a run is refused")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N training steps (0: after each epoch only)")
     r.add_argument("--tensorboard", action="store_true",
                    help="also write the per-epoch scalars of OUT/metrics.csv as TensorBoard events in "
                         "OUT/tensorboard/ (needs: pip install tensorboard)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
     r.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     r.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
     return p
@@ -210,7 +215,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "(without it training uses plain cross entropy)")
     if args.out is None:
         args.out = Path(f"runs/{args.dataset}_{args.model}")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if not args.resume and not args.overwrite and holds_run(args.out):
+        p.error(f"--out {args.out} already holds a run ({describe_run(args.out)}); continue it with "
+                "--resume, replace it with --overwrite, or choose another --out")
+    if args.data_root is not None:  # saved with the run: commands on it reuse it from any folder
+        args.data_root = args.data_root.absolute()
     return finish_defaults(args)
+
+
+RUN_FILES = ("checkpoint.pt", "results.json")
+"""The files that make a folder a run (``--out`` holding one needs --resume or --overwrite)."""
+REPLACED_FILES = (*RUN_FILES, "metrics.csv", "curves.png", "certify.json", "certify.png", "tensorboard")
+"""What ``--overwrite`` removes first: every output that describes the run being replaced."""
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run of this command (a checkpoint or a results.json)."""
+    return any((folder / name).is_file() for name in RUN_FILES)
+
+
+def describe_run(folder: Path) -> str:
+    """The run in ``folder`` in a few words: its model, epochs and whether it finished."""
+    try:
+        saved = json.loads((folder / "results.json").read_text())
+        config, epochs = saved["config"], len(saved["history"])
+        return (f"{config['dataset']} {config['model']}, {epochs} of {config['epochs']} epochs, "
+                + ("finished" if saved.get("complete") else "not finished"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ", ".join(name for name in RUN_FILES if (folder / name).is_file())
 
 
 def finish_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -261,7 +295,7 @@ def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> ar
     except ResumeConfigError as err:
         raise SystemExit(f"error: {err}") from None
     merged = argparse.Namespace(**merged)
-    merged.out, merged.resume = args.out, True
+    merged.out, merged.resume, merged.overwrite = args.out, True, False
     if "data_root" not in args.explicit:
         merged.data_root = Path(saved["data_root"]) if saved.get("data_root") else None
     if merged.epochs != saved["epochs"] and length_dependent(saved):
@@ -271,3 +305,34 @@ def resume_config(args: argparse.Namespace, saved: dict, checkpoint: Path) -> ar
                          "--epochs, or start a new run (--schedule constant, or step with "
                          "--milestones, can be extended).")
     return merged
+
+
+def replace_run(out, say) -> None:
+    """``--overwrite``: remove the outputs of the run in ``out`` that the new run would not all
+    rewrite (a stale certify.json or TensorBoard events would describe the old model)."""
+    removed = []
+    for name in REPLACED_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        say(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+
+
+def diverged_hint(argv: list[str] | None) -> str:
+    """What to change after the parameters became NaN/inf (``argv``: the command line, parsed
+    again without the checks that the run's own outputs would now fail)."""
+    args = finish_defaults(build_parser().parse_args(argv))
+    if args.solver in STEP_LIMITS and not getattr(args, "auto_alpha", False):
+        rule = STEP_RULES[args.solver]
+        return (f"the parameters became NaN/inf because the {args.solver} solves diverged at "
+                f"--alpha {args.alpha:g} ({args.solver} needs α < {rule}, L = ‖I − W‖₂): omit --alpha "
+                f"(α then follows 0.9·{rule} of the current W), or use --solver pr, which converges "
+                "for every α")
+    return (f"the parameters became NaN/inf (the solves diverged after an unstable update): lower "
+            f"--lr (now {args.lr:g}) or raise --m (now {args.m:g})")

@@ -16,8 +16,6 @@ a checkpoint written on CUDA loads on CPU and vice versa.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .unreadable import LOAD_ERRORS, check_device, not_a_checkpoint, unreadable
 
 __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "read_checkpoint", "restore_rng",
            "save_checkpoint"]
@@ -32,6 +31,8 @@ __all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "read_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """The checkpoint's file name inside a run folder."""
+RESUME_KEYS = ("model", "optimizer", "epoch", "history", "config")
+"""What a checkpoint must hold to resume its run."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -93,13 +94,24 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
             tmp.unlink()
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict:
+def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = RESUME_KEYS) -> dict:
     """The raw checkpoint dictionary, without applying it. ``path`` is the file, or a run folder
     holding ``checkpoint.pt``.
 
+    Args:
+        path: the checkpoint file or its run folder.
+        map_location: where the tensors are loaded; a device this machine lacks is refused before
+            the file is read.
+        required: the keys the dictionary must hold (resuming needs all of :data:`RESUME_KEYS`;
+            rebuilding the model only ``model`` and ``config``).
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is truncated, corrupt or not a checkpoint (the message names it).
+        DeviceUnavailableError: ``map_location`` names a device this machine does not have.
+        CheckpointError: the file is not a checkpoint (the message says what it is: a run's
+            results.json, an image, a bare state_dict, ...) or is proven damaged (empty, a cut
+            zip archive).
     """
     path = Path(path)
     if path.is_dir() and (path / CHECKPOINT_NAME).is_file():  # a run folder
@@ -107,17 +119,14 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     if not path.is_file():
         where = f"{path} (the folder holds no {CHECKPOINT_NAME})" if path.is_dir() else str(path)
         raise FileNotFoundError(f"no checkpoint at {where}; train without --resume first")
+    check_device(map_location, path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
-                              f"checkpoint written by save_checkpoint ({type(err).__name__}); delete "
-                              "it and train again") from err
-    missing = [k for k in ("model", "optimizer", "epoch", "history", "config")
-               if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a file written by "
-                              "save_checkpoint")
+    except LOAD_ERRORS as err:
+        raise unreadable(path, err) from err
+    problem = not_a_checkpoint(path, state, required)
+    if problem is not None:
+        raise CheckpointError(problem)
     return state
 
 

@@ -41,6 +41,7 @@ class EpochStats:
         samples: samples seen (over every rank).
         forward_failed, backward_failed: solves that stopped unconverged (at ``max_iter`` or
             non-finite), summed over ranks; counted here instead of warned once per solve.
+        solves: forward solves (one per step) over every rank: what the failures are out of.
     """
 
     loss: float
@@ -52,6 +53,7 @@ class EpochStats:
     samples: int = 0
     forward_failed: int = 0
     backward_failed: int = 0
+    solves: int = 0
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Evaluation:
         failed: forward solves (one per batch, at the layer's own settings) that did not
             converge, summed over ranks; counted instead of warned.
         certify_failed: the same for the re-solves at ``certify_tol`` (they only cost radius).
+        solves: forward solves at the layer's settings (one per batch) over every rank.
     """
 
     accuracy: float
@@ -83,6 +86,7 @@ class Evaluation:
     samples: int = 0
     failed: int = 0
     certify_failed: int = 0
+    solves: int = 0
 
 
 @dataclass
@@ -267,7 +271,7 @@ def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_
     return EpochStats(loss=loss_total / max(seen_total, 1.0), accuracy=correct_total / max(seen_total, 1.0),
                       forward_iterations=fw_total / n, backward_iterations=bw_total / n,
                       step_time=time_total / n, steps=acc.steps, samples=int(seen_total),
-                      forward_failed=int(fw_failed), backward_failed=int(bw_failed))
+                      forward_failed=int(fw_failed), backward_failed=int(bw_failed), solves=int(steps_total))
 
 
 @torch.no_grad()
@@ -334,4 +338,4 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
                       slack=torch.cat(slack) if slack else torch.zeros(0),
                       certified={e: c / n for e, c in zip(epsilons, sums[7:])},
                       mean_slack=slack_total / n, samples=int(seen_total), failed=int(failed_total),
-                      certify_failed=int(cert_failed))
+                      certify_failed=int(cert_failed), solves=int(batches_total))

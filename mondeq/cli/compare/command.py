@@ -22,62 +22,78 @@ Writes to ``--out``: ``comparison.csv`` (every run), ``comparison.md`` (tables),
 ``residual_vs_iteration.png``, ``residual_vs_time.png`` (each method at its best α) and
 ``iterations_vs_alpha.png``.
 
-Without ``--checkpoint`` a quick model is trained first (one epoch on ``--train-limit`` images).
+Without a RUN a quick model is trained first (one epoch on ``--train-limit`` images). A RUN trained
+with ``--data-root`` reads MNIST from there too, unless ``--data-root`` says otherwise. An ``--out``
+that already holds a comparison is refused unless ``--overwrite`` is given.
 Everything runs on ``--device`` (default: CUDA when available, else the CPU); on CUDA each timed
 call is synchronised before the clock stops.
 
-    python experiments/compare_splitting.py --checkpoint runs/mnist_fc/checkpoint.pt --out runs/compare_fc
+    python experiments/compare_splitting.py runs/mnist_fc --out runs/compare_fc
     mondeq compare --model conv --batch-size 64 --out runs/compare_conv
 """
 from __future__ import annotations
 
 import argparse
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from splitting import max_stable_alpha
 
-from ...errors import CheckpointError, InvalidSettingError
 from ...models import MODELS
-from ..options import checkpoint_file, data_root_arg, default_device, device_arg, hidden_alias, positive_float, positive_int
+from ..options import (HelpFormatter, checkpoint_file, chosen_run, data_root_arg, default_device, device_arg,
+                       hidden_alias, positive_float, positive_int, run_argument, run_data_root)
 from .measurement import ALPHAS, METHODS, THRESHOLDS, Run, best_alpha, measure, time_runs
 from .problem import load_model, mnist_test_batch, problems, quick_model
 from .report import alpha_label, cell, markdown, plot, write_csv
 
 
+OUTPUTS = ("comparison.csv", "comparison.md")
+"""The files that say ``--out`` holds a comparison (refused without ``--overwrite``)."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The comparison's options (``experiments/compare_splitting.py``, ``mondeq compare``)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="a run of mondeq train: its --out folder or its checkpoint.pt; none: train a quick one")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    run_argument(p, help="a run of mondeq train: its --out folder or its checkpoint.pt (default: train "
+                         "a quick model)")
     p.add_argument("--model", choices=MODELS, default="fc",
-                   help="model to train when no checkpoint")
-    p.add_argument("--train-limit", type=int, default=10000, help="training images for the quick model")
+                   help="model to train when no RUN is given")
+    p.add_argument("--train-limit", type=positive_int, default=10000, help="training images for the quick model")
     p.add_argument("--batch-size", type=positive_int, default=128, help="test batch size")
     hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(METHODS),
                    help="splitting methods and the baselines on the plain map (broyden, "
                         "anderson-plain: no convergence guarantee)")
-    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS),
+                   help="step sizes α of the grid, each > 0")
     p.add_argument("--data-root", type=data_root_arg, default=None,
-                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
-    p.add_argument("--max-iter", type=int, default=400, help="iteration cap per solve")
-    p.add_argument("--anderson-memory", type=int, default=5, help="Anderson memory (pairs kept)")
-    p.add_argument("--repeats", type=int, default=7, help="timing repeats (median)")
+                   help="folder holding mnist/ (default: the RUN's own data root, else $MONDEQ_DATA, the "
+                        "checkout's data/, then ~/.cache/mondeq)")
+    p.add_argument("--max-iter", type=positive_int, default=400, help="iteration cap per solve")
+    p.add_argument("--anderson-memory", type=positive_int, default=5, help="Anderson memory (pairs kept)")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timing repeats (median)")
     p.add_argument("--time", choices=("best", "all"), default="best",
                    help="time each method at its best α only (what the tables and plots show), or every run")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64 resolves 1e-6; float32 is what training uses")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the quick model's training")
     p.add_argument("--device", type=device_arg, default=default_device(),
                    help="where the model, the data and the solves live (default: cuda when available)")
-    p.add_argument("--out", type=Path, default=Path("runs/compare_splitting"))
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("runs/compare_splitting"),
+                   help="folder of the comparison's CSV, tables and plots")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the comparison already in --out (refused without it)")
+    args = p.parse_args(argv)
+    chosen_run(p, args, required=False)
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a folder")
+    done = [name for name in OUTPUTS if (args.out / name).exists()]
+    if done and not args.overwrite:
+        p.error(f"--out {args.out} already holds a comparison ({', '.join(done)}); replace it with "
+                "--overwrite, or choose another --out")
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
@@ -87,11 +103,12 @@ def main(argv: list[str] | None = None) -> list[Run]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint is None:
+    if args.run is None:
         model, config = quick_model(args.model, train_limit=args.train_limit, seed=args.seed,
                                     device=args.device, out=args.out, data_root=args.data_root)
     else:
-        model, config = load_checkpoint_model(args.checkpoint, device=args.device)
+        model, config = load_checkpoint_model(args.run, device=args.device)
+        args.data_root = run_data_root(args.data_root, config)
     dtype = getattr(torch, args.dtype)
     model = model.to(device=args.device, dtype=dtype).eval()
     x, y = mnist_test_batch(model, args.batch_size, device=args.device, dtype=dtype, data_root=args.data_root)
@@ -130,15 +147,9 @@ def load_checkpoint_model(run: Path, *, device: torch.device):
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        CheckpointError: the file is not a readable checkpoint with ``config`` and ``model``.
+        CheckpointError: the file is not a checkpoint with ``config`` and ``model`` (the message
+            says what it is), or is damaged.
+        DeviceUnavailableError: ``device`` does not exist on this machine.
         InvalidSettingError: a checkpoint trained on another dataset than MNIST.
     """
-    file = checkpoint_file(run)
-    try:
-        return load_model(file, device=device)
-    except InvalidSettingError:
-        raise
-    except (RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read checkpoint {file}: truncated, corrupt or not written by "
-                              f"mondeq train ({type(err).__name__}: {err})") from None
+    return load_model(checkpoint_file(run), device=device)

@@ -19,7 +19,7 @@ from splitting.state import batch_norm
 
 from ...data import batches, load_mnist, mnist_root, num_batches
 from ...errors import InvalidSettingError
-from ...models import MonDEQClassifier, build_model
+from ...models import MonDEQClassifier, build_model, load_run
 from ...training import train_epoch
 
 #: Settings of the reference solves (the "exact" solutions, used to recognise blow-up).
@@ -27,20 +27,19 @@ EXACT = dict(alpha=0.5, tol=1e-13, max_iter=20_000)
 
 
 def load_model(checkpoint: Path, *, device: torch.device) -> tuple[MonDEQClassifier, dict]:
-    """The classifier of a checkpoint of ``experiments/train.py`` (keys ``config``, ``model``),
-    built by :func:`mondeq.build_model` (with MNIST's input normalisation; a checkpoint saved
-    before models held one keeps it), and its config with a ``trained`` description.
+    """The classifier of a run of ``mondeq train`` (:func:`mondeq.load_run`: any checkpoint with
+    ``config`` and ``model``, its input normalisation included), and its config with a
+    ``trained`` description.
 
     Raises:
+        FileNotFoundError, CheckpointError, DeviceUnavailableError: as :func:`mondeq.load_run`.
         InvalidSettingError: the checkpoint was not trained on MNIST (the comparison's data).
     """
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
-    config = state["config"]
+    model = load_run(checkpoint, map_location=device)
+    config = model.run_config
     if config.get("dataset", "mnist") != "mnist":
         raise InvalidSettingError(f"the comparison runs on MNIST; the checkpoint was trained on "
                                   f"{config['dataset']!r}")
-    model = build_model(config).to(device)
-    model.load_state_dict(state["model"])
     return model, {**config, "trained": f"checkpoint {checkpoint}"}
 
 

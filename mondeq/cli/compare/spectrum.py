@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,7 +20,8 @@ from torch import Tensor
 from splitting import BackwardProblem, peaceman_rachford
 
 from ...models import MonDEQClassifier
-from ..options import data_root_arg, default_device, device_arg, hidden_alias, positive_float, positive_int
+from ..options import (HelpFormatter, chosen_run, data_root_arg, default_device, device_arg, hidden_alias,
+                       positive_float, positive_int, run_argument, run_data_root)
 from .command import load_checkpoint_model
 from .measurement import ALPHAS
 from .problem import EXACT, mnist_test_batch
@@ -73,21 +73,25 @@ def pr_spectrum(model: MonDEQClassifier, x: Tensor, alphas: Sequence[float]) -> 
 def main(argv: list[str] | None = None) -> list[dict]:
     """``experiments/pr_spectrum.py``: print the spectrum table of an FC checkpoint; returns its rows."""
     p = argparse.ArgumentParser(description="Why Anderson cannot halve Peaceman-Rachford's iterations "
-                                            "on the FC model: the spectrum of PR's map.")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="an FC run of mondeq train: its --out folder or its checkpoint.pt")
+                                            "on the FC model: the spectrum of PR's map.",
+                                formatter_class=HelpFormatter)
+    run_argument(p, help="an FC run of mondeq train: its --out folder or its checkpoint.pt")
     p.add_argument("--batch-size", type=positive_int, default=32, help="test images (one spectrum each)")
     hidden_alias(p, "--batch", dest="batch_size", type=positive_int)
-    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS))
+    p.add_argument("--alphas", type=positive_float, nargs="+", default=list(ALPHAS),
+                   help="step sizes α, each > 0")
     p.add_argument("--data-root", type=data_root_arg, default=None,
-                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
+                   help="folder holding mnist/ (default: the RUN's own data root, else $MONDEQ_DATA, the "
+                        "checkout's data/, then ~/.cache/mondeq)")
     p.add_argument("--device", type=device_arg, default=default_device(),
                    help="where the model, the data and the eigenvalue problems live (default: cuda when "
                         "available)")
     args = p.parse_args(argv)
-    model, config = load_checkpoint_model(args.checkpoint, device=args.device)
+    model, config = load_checkpoint_model(chosen_run(p, args), device=args.device)
     if config.get("model", "fc") != "fc":
-        p.error("dense (fc) checkpoints only")
+        p.error(f"{args.run} is a {config.get('model')} run: the spectrum is computed for dense (fc) "
+                "runs only")
+    args.data_root = run_data_root(args.data_root, config)
     model = model.to(dtype=torch.float64)
     x, _ = mnist_test_batch(model, args.batch_size, device=args.device, dtype=torch.float64,
                             data_root=args.data_root)
