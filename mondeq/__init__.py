@@ -9,7 +9,9 @@ implicit gradients, with Lipschitz bounds and certified robustness. Solvers live
 * :mod:`mondeq.models`: classifiers, readouts and the model zoo;
 * :mod:`mondeq.robustness`: Lipschitz bounds, certificates, attacks, certified-training losses;
 * :mod:`mondeq.training`: epoch loop, checkpoints, resume, schedules, α tuning, distributed;
-* :mod:`mondeq.data`: MNIST, CIFAR-10, SVHN, augmentation, batching;
+* :mod:`mondeq.data`: MNIST, Fashion-MNIST, CIFAR-10, SVHN, augmentation, batching;
+* :mod:`mondeq.pretrained`: verified trained models shipped with the package
+  (``mondeq.pretrained(name)``; ``mondeq.pretrained()`` lists them with their figures);
 * :mod:`mondeq.errors`: every typed error (root :class:`MonDEQError`).
 """
 from .errors import MonDEQError, NonAffineReadoutError
@@ -19,6 +21,7 @@ from .models import (AvgPoolState, FlattenState, MonDEQClassifier, TierPool, bui
 from .operators import (ConvOperator, ConvResolvent, MonotoneConv, MonotoneLinear,
                         MonotoneMultiTier, MultiTierOperator, MultiTierResolvent)
 from .parametrisation import MonotoneParametrisation
+from . import pretrained  # callable: mondeq.pretrained(name); cheap to import (JSON manifests)
 from .robustness import (AttackResult, Certificate, LipschitzMarginLoss, certified_accuracy,
                          certified_radius, certify, equilibrium_error_bound, lipschitz_bound,
                          margin_lipschitz, margin_lipschitz_matrix, pairwise_lipschitz,
@@ -35,6 +38,6 @@ __all__ = [
     "certified_radius", "certify", "equilibrium_error_bound", "fc_mondeq", "lipschitz_bound", "load_run",
     "margin_lipschitz", "margin_lipschitz_matrix", "multitier_mondeq", "pairwise_lipschitz",
     "pairwise_margin_norms",
-    "pgd", "robust_accuracy", "single_conv_mondeq", "solver_settings",
+    "pgd", "pretrained", "robust_accuracy", "single_conv_mondeq", "solver_settings",
     "WeightPerturbationBound", "weight_lipschitz_bound",
 ]

@@ -15,7 +15,8 @@ def load_run(path: str | os.PathLike[str], *,
     """The trained classifier of a run, in eval mode, ready to evaluate or certify.
 
     Reads the checkpoint written by ``experiments/train.py`` (``path`` is the run folder, e.g.
-    ``runs/mnist_fc``, or its ``checkpoint.pt``), rebuilds the model from the saved configuration
+    ``runs/mnist_fc``, or its ``checkpoint.pt``, or the name of a pretrained model:
+    :func:`mondeq.pretrained`), rebuilds the model from the saved configuration
     with :func:`~mondeq.models.zoo.build_model`, and loads its weights (in their saved dtype) and
     tuned step size α. The
     global random-number generators are left exactly as they were (building draws initial weights
@@ -37,6 +38,9 @@ def load_run(path: str | os.PathLike[str], *,
         FileNotFoundError: no checkpoint at ``path``.
         CheckpointError: an unreadable checkpoint, or one whose weights do not fit its config.
     """
+    from ..pretrained.registry import resolve_run  # a pretrained name: its shipped checkpoint
+
+    path = resolve_run(path)
     state = read_checkpoint(path, map_location=map_location)
     with torch.random.fork_rng(devices=[]):
         model = build_model(state["config"])

@@ -1,0 +1,122 @@
+"""The pretrained models the package ships: each loads as recorded (checksum, eval mode, its
+normalisation), re-certifies its first test images to exactly the recorded per-image verdicts,
+and is accepted by name wherever a program takes a run folder."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mondeq
+from mondeq.data import load_dataset
+from mondeq.errors import PretrainedChecksumError, UnknownPretrainedError
+from mondeq.pretrained import registry
+from mondeq.pretrained.verdicts import decode, encode, record_verdicts
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = sorted(registry.entries())
+DATA_ROOTS = (None, ROOT.parent / "shared" / "data")  # the data-root rule, then the developers' copy
+
+
+def test_a_bitmask_round_trips() -> None:
+    bits = torch.tensor([True, False, True, True] + [False] * 60 + [True])
+    assert encode(bits) == format(1 | 4 | 8 | 1 << 64, "x")
+    assert torch.equal(decode(encode(bits), len(bits)), bits)
+    with pytest.raises(ValueError):
+        decode("ff", 4)
+
+
+def test_the_package_ships_models_with_their_commands_and_figures() -> None:
+    listed = mondeq.pretrained()
+    assert [e.name for e in listed] == NAMES and "mnist-fc" in NAMES
+    for item in listed:
+        assert item.command and item.training["epochs"] >= 1
+        assert 0 < item.figures["clean"] <= 1 and item.figures["test_images"] == 10000
+        assert item.figures["pgd"]["counterexamples"] == 0
+        assert item.name in repr(item) and "certified" in item.summary()
+        assert (registry.WEIGHTS / item.weights).stat().st_size < 4_000_000
+
+
+def test_weights_are_package_data() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    data = cfg["options.package_data"]["mondeq"].split()
+    assert "pretrained/weights/*.pt" in data and "pretrained/weights/*.json" in data
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loads_ready_in_eval_mode_with_its_recorded_checksum(name: str) -> None:
+    model = mondeq.pretrained(name)
+    item = model.pretrained_entry
+    assert registry.sha256(registry.WEIGHTS / item.weights) == item.sha256
+    assert not model.training and model.normalization is not None
+    assert next(model.head.parameters()).dtype == torch.float32
+
+
+def _test_images(dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    for root in DATA_ROOTS:
+        try:
+            x, y = load_dataset(dataset, root, train=False)
+            return x[:n], y[:n]
+        except FileNotFoundError:
+            continue
+    pytest.skip(f"{dataset}'s test split is not on this machine")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recertifying_the_first_test_images_gives_the_recorded_verdicts(name: str) -> None:
+    """The recorded settings are passed explicitly (bound, multipliers, tol, dtype), so a change
+    of mondeq.certify's defaults does not change what is checked."""
+    model = mondeq.pretrained(name)
+    item = model.pretrained_entry
+    recorded = item.verdicts
+    dtype = getattr(torch, item.certify["dtype"])
+    x, y = _test_images(item.dataset, recorded["images"])
+    got = record_verdicts(model.to(dtype), x.to(dtype), y, item.certify, recorded["epsilons"])
+    assert got["correct"] == recorded["correct"]
+    assert got["certified"] == recorded["certified"]
+    assert decode(recorded["certified"][f"{recorded['epsilons'][0]:g}"], len(x)).any()
+
+
+def test_an_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownPretrainedError, match="mnist-fc"):
+        mondeq.pretrained("mnist-fc-typo")
+
+
+def test_damaged_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    item = registry.entry("mnist-fc")
+    for suffix in (".json", ".pt"):
+        shutil.copy(registry.WEIGHTS / f"mnist-fc{suffix}", tmp_path / f"mnist-fc{suffix}")
+    blob = bytearray((tmp_path / item.weights).read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (tmp_path / item.weights).write_bytes(bytes(blob))
+    monkeypatch.setattr(registry, "WEIGHTS", tmp_path)
+    with pytest.raises(PretrainedChecksumError, match=item.sha256):
+        mondeq.pretrained("mnist-fc")
+
+
+def test_a_run_argument_takes_a_pretrained_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert registry.resolve_run("mnist-fc") == registry.WEIGHTS / "mnist-fc.pt"
+    (tmp_path / "mnist-fc").mkdir()  # a folder of that name on disk wins over the registry
+    assert registry.resolve_run("mnist-fc") == Path("mnist-fc")
+    assert registry.resolve_run("runs/mnist-fc") == Path("runs/mnist-fc")
+    model = mondeq.load_run(registry.WEIGHTS / "mnist-fc.pt")
+    by_name = mondeq.pretrained("mnist-fc")
+    for (k, a), (_, b) in zip(model.state_dict().items(), by_name.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_the_commands_run_argument_takes_a_pretrained_name(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command reads its RUN through checkpoint_file (certify, compare, spectrum)."""
+    from mondeq.cli.options import checkpoint_file
+
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint_file("mnist-fc") == registry.WEIGHTS / "mnist-fc.pt"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at mnist-fcx"):
+        checkpoint_file("mnist-fcx")
