@@ -36,7 +36,7 @@ from .errors import InvalidSettingError
 from .forward_backward import ALPHA_CHECKS, check_step_size
 from .loop import check_settings, initial_state, iterate, relative_residual
 from .operator import LinearOperator, Resolvent, check_alpha
-from .peaceman_rachford import rachford_step
+from .peaceman_rachford import bias_start, rachford_step
 from .prox import Prox
 from .result import SolverResult
 from .state import State, tmap
@@ -97,7 +97,8 @@ def anderson(
         raise InvalidSettingError(f"mixing must be in (0, 1], got {mixing}")
     if check_step not in ALPHA_CHECKS:
         raise InvalidSettingError(f"check_step must be one of {ALPHA_CHECKS}, got {check_step!r}")
-    z = initial_state(op, bias, z0)
+    # PR's map acts on u: without z0 it starts where plain PR does (its bias_start pair's u)
+    z = bias_start(prox, bias, alpha)[1] if z0 is None and base == "pr" else initial_state(op, bias, z0)
     like = z
     if base == "fb":
         check_step_size(op, alpha, check_step, method="Anderson-accelerated forward-backward")

@@ -92,6 +92,7 @@ class _Record:
     z: State
     residual: Tensor
     score: Tensor
+    scale: float = 1.0  # the score's host-side divisor (see :meth:`_Stopping.score`)
     event: torch.cuda.Event | None = None
     true_residual: Tensor | None = None
 
@@ -116,11 +117,13 @@ class _Stopping:
             self.work = torch.zeros(batch, dtype=torch.int64, device=device)
             self.settled = torch.zeros_like(self.work)
 
-    def score(self, residual: Tensor) -> Tensor:
-        """A 0-d tensor ≤ 1 iff every sample is below its threshold; NaN if any residual is."""
+    def score(self, residual: Tensor) -> tuple[Tensor, float]:
+        """A 0-d tensor ``s`` and a divisor ``d`` applied on the host: ``s / d ≤ 1`` iff every
+        sample is below its threshold; NaN if any residual is. (With one threshold for all,
+        the division by it is done on the host: one device operation less per iteration.)"""
         if isinstance(self.threshold, float):
-            return residual.max() / self.threshold
-        return (residual / self.threshold).max()
+            return residual.max(), self.threshold
+        return (residual / self.threshold).max(), 1.0
 
     def after_step(self, residual: Tensor) -> None:
         if self.mask:
@@ -225,23 +228,23 @@ def iterate(
         carry = new_carry
         trace.append(res)
         stopping.after_step(res)
-        record = previous = _Record(k, z, res, stopping.score(res))
+        record = previous = _Record(k, z, res, *stopping.score(res))
         if lagged:  # decide on the previous iteration while this one runs on the device
             if pending is not None:
                 pending.event.synchronize()
                 thresholds = stopping.threshold
-                outcome = decide(pending, float(host_score))
+                outcome = decide(pending, float(host_score) / pending.scale)
                 if outcome != "go":
                     final, converged = pending, outcome == "converged"
                     break
                 if stopping.threshold is not thresholds:  # a failed confirmation tightened them:
-                    record.score = stopping.score(res)    # score this iteration as the host loop does
+                    record.score, record.scale = stopping.score(res)  # score it as the host loop does
             host_score.copy_(record.score, non_blocking=True)
             record.event = torch.cuda.Event()
             record.event.record()
             pending = record
         else:
-            outcome = decide(record, float(record.score))
+            outcome = decide(record, float(record.score) / record.scale)
             if outcome != "go":
                 final, converged = record, outcome == "converged"
                 break
@@ -249,7 +252,7 @@ def iterate(
         final = previous
         if lagged and pending is not None:
             pending.event.synchronize()
-            converged = decide(pending, float(host_score)) == "converged"
+            converged = decide(pending, float(host_score) / pending.scale) == "converged"
         if not converged and not exact:
             # the cap came while estimates sat above tightened thresholds (round-off level in
             # float32): the last state may still meet tol, so check it directly once

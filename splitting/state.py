@@ -25,7 +25,9 @@ def tmap(fn: Callable[..., Tensor], *states: State) -> State:
 
 def batch_norm(z: State) -> Tensor:
     """Per-sample Euclidean norm over all tiers, shape (batch,)."""
-    norms = [torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1) for t in z]  # one pass a tier
+    # one pass a tier, reducing over every non-batch dimension in place (no reshape call)
+    norms = [torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t.abs()
+             for t in z]
     return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 

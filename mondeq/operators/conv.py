@@ -59,14 +59,19 @@ class ConvResolvent(Resolvent):
 
     def solve(self, r: State) -> State:
         (x,) = r
-        return (apply_blocks(x.detach(), self._inv_t),)
+        return (apply_blocks(_detached(x), self._inv_t),)
 
     def solve_t(self, r: State) -> State:
         # The transposed system's blocks are Rᴴ; in row layout x̂ ↦ x̂ (Rᴴ)ᵀ = x̂ conj(R).
         if self._conj is None:
             self._conj = adjoint_blocks(self._inv_t)
         (x,) = r
-        return (apply_blocks(x.detach(), self._conj),)
+        return (apply_blocks(_detached(x), self._conj),)
+
+
+def _detached(x: Tensor) -> Tensor:
+    """``x`` without its graph (the solvers' states have none: no extra call per iteration)."""
+    return x.detach() if x.requires_grad else x
 
 
 class ConvOperator(LinearOperator):
