@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Callable
 
 import torch
 
 from mondeq import single_conv_mondeq
-from mondeq.data import batches, load_mnist, normalize
-from mondeq.cli import device_arg
+from mondeq.cli.main import run_program
+from mondeq.cli.options import data_root_arg, device_arg, non_negative_int, positive_float, positive_int
+from mondeq.data import batches, load_dataset, normalize
 
 PAPER_STEP, PAPER_FACTOR, PAPER_APPLY = 3.37, 0.40, 0.22
 
@@ -75,24 +77,24 @@ def median(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
-    p.add_argument("--repeats", type=int, default=15, help="repeats of the factorisation / apply timings")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--alpha", type=float, default=1.0, help="Peaceman-Rachford step size")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--padding", type=int, default=1,
+    p.add_argument("--steps", type=positive_int, default=20, help="timed training steps")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed training steps first")
+    p.add_argument("--repeats", type=positive_int, default=15, help="repeats of the factorisation / apply timings")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--alpha", type=positive_float, default=1.0, help="Peaceman-Rachford step size")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch")
+    p.add_argument("--padding", type=non_negative_int, default=1,
                    help="zero padding of the 28 × 28 input (1: the paper's 30 × 30 state; 0: 28 × 28)")
     p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the model and the data live (default: cuda when available, else cpu)")
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.batch_size < 1:
-        p.error("need --steps >= 1, --warmup >= 0, --repeats >= 1 and --batch-size >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device, clock = args.device, Clock(args.device)
     torch.manual_seed(0)
-    x, y = load_mnist(train=True)
+    x, y = load_dataset("mnist", args.data_root, train=True)
     x, y = normalize(x).to(device), y.to(device)  # 188 MB: the whole training set on the device
     model = single_conv_mondeq(padding=args.padding, solver="pr", alpha=args.alpha, tol=1e-2,
                                max_iter=50).to(device)
@@ -164,5 +166,5 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "forward_iterations": fwd_it, "backward_iterations": bwd_it}
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors, as the mondeq command's
+    sys.exit(run_program(main))

@@ -18,6 +18,7 @@ import argparse
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ import torch
 import torch.multiprocessing as mp
 
 from mondeq import fc_mondeq, single_conv_mondeq
-from mondeq.data import load_mnist, normalize
-from mondeq.cli import device_arg
+from mondeq.cli.main import run_program
+from mondeq.cli.options import data_root_arg, device_arg, non_negative_int, positive_int
+from mondeq.data import load_dataset, normalize
 from mondeq.training.data_order import epoch_order
 from mondeq.training.distributed import (all_reduce_sum, barrier, rank_batches, setup, teardown,
                                 wrap_model)
@@ -46,7 +48,7 @@ def _worker(rank: int, nproc: int, port: int, args: argparse.Namespace, out: str
     if args.threads:
         torch.set_num_threads(args.threads)
     info, device = setup(args.device)
-    x, y = load_mnist(train=True)
+    x, y = load_dataset("mnist", args.data_root, train=True)
     x = normalize(x)
     if args.model == "fc":
         x = x.reshape(len(x), -1)
@@ -87,19 +89,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:K (default: cuda when available)")
-    p.add_argument("--model", choices=("fc", "conv"), default="fc")
-    p.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to compare")
-    p.add_argument("--batch-size", type=int, default=128, help="GLOBAL batch, split over processes")
-    p.add_argument("--steps", type=int, default=60, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--model", choices=("fc", "conv"), default="fc", help="the paper's MNIST model to train")
+    p.add_argument("--nproc", type=positive_int, nargs="+", default=[1, 2], help="process counts to compare")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="GLOBAL batch, split over processes")
+    p.add_argument("--steps", type=positive_int, default=60, help="timed steps")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed steps first")
+    p.add_argument("--repeats", type=positive_int, default=1,
                    help="run the --nproc list this many times, interleaved (a shared machine is noisy)")
-    p.add_argument("--threads", type=int, default=1, help="threads per process (0: torch's default)")
-    args = p.parse_args()
+    p.add_argument("--threads", type=non_negative_int, default=1, help="threads per process (0: torch's default)")
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
+    args = p.parse_args(argv)
+    load_dataset("mnist", args.data_root, train=True)  # a missing dataset: one error here, not one per process
     os.environ["OMP_NUM_THREADS"] = str(args.threads or os.cpu_count())
     print(f"model={args.model} device={args.device} global batch={args.batch_size} "
           f"threads/process={args.threads} timed steps={args.steps} (cpus: {os.cpu_count()})")
@@ -120,5 +125,5 @@ def main() -> None:
               f"forward iterations {statistics.mean(r[2] for r in runs):.1f}; best vs nproc={args.nproc[0]}: "
               f"{best / base:.2f}×)")
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors, as the mondeq command's
+    sys.exit(run_program(main))

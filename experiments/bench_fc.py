@@ -16,30 +16,32 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Callable
 
 import torch
 
 from mondeq import fc_mondeq
-from mondeq.data import batches, load_mnist, normalize
-from mondeq.cli import device_arg
+from mondeq.cli.main import run_program
+from mondeq.cli.options import data_root_arg, device_arg, non_negative_int, positive_float, positive_int
+from mondeq.data import batches, load_dataset, normalize
 from splitting import SOLVERS, STEP_LIMITS
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=400, help="timed steps")
-    p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=50, help="repeats of the factorisation / apply timings")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--solver", default="pr", choices=sorted(SOLVERS))
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--steps", type=positive_int, default=400, help="timed steps")
+    p.add_argument("--warmup", type=non_negative_int, default=30, help="untimed steps first")
+    p.add_argument("--repeats", type=positive_int, default=50, help="repeats of the factorisation / apply timings")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--solver", default="pr", choices=sorted(SOLVERS), help="splitting method")
+    p.add_argument("--alpha", type=positive_float, default=1.0, help="its step size")
     p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the model and the data live (default: cuda when available, else cpu)")
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
-        p.error("need --steps >= 1, --warmup >= 0 and --repeats >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return time.perf_counter()
 
     torch.manual_seed(0)
-    x, y = load_mnist(train=True)
+    x, y = load_dataset("mnist", args.data_root, train=True)
     x, y = normalize(x).reshape(len(x), -1).to(device), y.to(device)
     model = fc_mondeq(784, 87, 10, m=1.0, solver=args.solver, alpha=args.alpha, tol=1e-2,
                       max_iter=50).to(device)
@@ -111,5 +113,5 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "apply": 1000 * apply}
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors, as the mondeq command's
+    sys.exit(run_program(main))

@@ -18,7 +18,7 @@ __all__ = ["ChecksumError", "CheckpointError", "ClassifierTypeError", "Convergen
            "DeviceUnavailableError", "DownloadError", "InputDTypeError", "InputScaleError", "InputShapeError",
            "InvalidSettingError", "LabelError", "MissingDatasetError", "MissingDependencyError",
            "MonDEQError", "NonAffineReadoutError", "NonFiniteInputError", "ResumeConfigError",
-           "StateShapeError", "StepSizeWarning", "UnsupportedDerivativeError",
+           "RunExistsError", "StateShapeError", "StepSizeWarning", "UnsupportedDerivativeError",
            "UnsupportedExportError", "UnknownPretrainedError", "PretrainedChecksumError"]
 
 
@@ -35,6 +35,11 @@ class DeviceUnavailableError(MonDEQError, RuntimeError):
     """A device asked for (``map_location``, ``--device``) that this machine does not have; the
     file being loaded was not judged (it may be perfectly good). The message names the device
     and how to load on one that exists."""
+
+
+class RunExistsError(MonDEQError, FileExistsError):
+    """An output folder already holds a run (or a program's results) that the command would
+    overwrite; the message names what is there and the option that continues or replaces it."""
 
 
 class ResumeConfigError(MonDEQError, ValueError):

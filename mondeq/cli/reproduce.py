@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import RunExistsError
 from .options import HelpFormatter, data_root_arg, default_device, device_arg
 from .train_options import describe_run, holds_run
 
@@ -248,14 +249,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--overwrite", action="store_true",
                    help="replace rows already run in --runs (forwarded to train.py as --overwrite); "
                         "without it a row whose folder holds a run is refused before anything runs")
-    args = p.parse_args(argv)
-    if args.row and not args.overwrite and "--resume" not in extra:
-        done = [f"{args.runs / name} ({describe_run(args.runs / name)})" for name in args.row
-                if holds_run(args.runs / name)]
-        if done:
-            p.error(f"already run: {'; '.join(done)}; replace with --overwrite, continue with -- --resume, "
-                    "or choose another --runs")
-    return args, extra
+    return p.parse_args(argv), extra
 
 
 def device_name(text: str) -> str:
@@ -279,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(args.runs))
         return 0
+    done = [f"{args.runs / name} ({describe_run(args.runs / name)})" for name in args.row
+            if holds_run(args.runs / name)]
+    if done and not args.overwrite and "--resume" not in extra:
+        raise RunExistsError(f"already run: {'; '.join(done)}; replace with --overwrite, continue with "
+                             "-- --resume, or choose another --runs")
     for name in args.row:
         run_row(ROWS[name], runs=args.runs, device=args.device, data_root=args.data_root,
                 extra=extra, overwrite=args.overwrite)

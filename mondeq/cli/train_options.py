@@ -11,7 +11,7 @@ from pathlib import Path
 from splitting import SOLVERS, STEP_LIMITS
 
 from ..data import DATASETS
-from ..errors import ResumeConfigError
+from ..errors import ResumeConfigError, RunExistsError
 from ..models import MODELS
 from ..models.nonlinearities import DEFAULT_NONLINEARITY, NONLINEARITIES
 from ..robustness.joint_training import TRAINING_BOUNDS
@@ -217,9 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = Path(f"runs/{args.dataset}_{args.model}")
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
-    if not args.resume and not args.overwrite and holds_run(args.out):
-        p.error(f"--out {args.out} already holds a run ({describe_run(args.out)}); continue it with "
-                "--resume, replace it with --overwrite, or choose another --out")
     if args.data_root is not None:  # saved with the run: commands on it reuse it from any folder
         args.data_root = args.data_root.absolute()
     return finish_defaults(args)
@@ -229,6 +226,18 @@ RUN_FILES = ("checkpoint.pt", "results.json")
 """The files that make a folder a run (``--out`` holding one needs --resume or --overwrite)."""
 REPLACED_FILES = (*RUN_FILES, "metrics.csv", "curves.png", "certify.json", "certify.png", "tensorboard")
 """What ``--overwrite`` removes first: every output that describes the run being replaced."""
+
+
+def refuse_existing_run(args: argparse.Namespace) -> None:
+    """Refuse to train into an ``--out`` that holds a run, unless ``--resume`` continues it or
+    ``--overwrite`` replaces it (checked when the command runs, not when options are parsed).
+
+    Raises:
+        RunExistsError: naming the run that is there and the options that would proceed.
+    """
+    if not args.resume and not getattr(args, "overwrite", False) and holds_run(args.out):
+        raise RunExistsError(f"--out {args.out} already holds a run ({describe_run(args.out)}); continue it "
+                             "with --resume, replace it with --overwrite, or choose another --out")
 
 
 def holds_run(folder: Path) -> bool:

@@ -9,6 +9,9 @@ from ..training.checkpoint import load_checkpoint, read_checkpoint
 from .classifier import MonDEQClassifier
 from .zoo import build_model
 
+MODEL_KEYS = ("model", "config")
+"""What a checkpoint must hold to rebuild its model (resuming needs more: optimizer, epoch, ...)."""
+
 
 def load_run(path: str | os.PathLike[str], *,
              map_location: str | torch.device = "cpu") -> MonDEQClassifier:
@@ -36,12 +39,15 @@ def load_run(path: str | os.PathLike[str], *,
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        CheckpointError: an unreadable checkpoint, or one whose weights do not fit its config.
+        DeviceUnavailableError: ``map_location`` names a device this machine lacks (the
+            checkpoint is not read; ``map_location="cpu"`` loads it).
+        CheckpointError: a file that is not a checkpoint (the message says what it is), a damaged
+            one, or one whose weights do not fit its config.
     """
     from ..pretrained.registry import resolve_run  # a pretrained name: its shipped checkpoint
 
     path = resolve_run(path)
-    state = read_checkpoint(path, map_location=map_location)
+    state = read_checkpoint(path, map_location=map_location, required=MODEL_KEYS)
     with torch.random.fork_rng(devices=[]):
         model = build_model(state["config"])
     dtype = next((t.dtype for k, t in state["model"].items()  # the normalisation stays float64

@@ -40,6 +40,7 @@ import torch
 
 from splitting import max_stable_alpha
 
+from ...errors import RunExistsError
 from ...models import MODELS
 from ..options import (HelpFormatter, checkpoint_file, chosen_run, data_root_arg, default_device, device_arg,
                        hidden_alias, positive_float, positive_int, run_argument, run_data_root)
@@ -89,16 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen_run(p, args, required=False)
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; give a folder")
-    done = [name for name in OUTPUTS if (args.out / name).exists()]
-    if done and not args.overwrite:
-        p.error(f"--out {args.out} already holds a comparison ({', '.join(done)}); replace it with "
-                "--overwrite, or choose another --out")
     return args
 
 
 def main(argv: list[str] | None = None) -> list[Run]:
     """Run the comparison, write its files under ``--out``, print the report; returns every run."""
     args = parse_args(argv)
+    done = [name for name in OUTPUTS if (args.out / name).exists()]
+    if done and not args.overwrite:
+        raise RunExistsError(f"--out {args.out} already holds a comparison ({', '.join(done)}); replace it "
+                             "with --overwrite, or choose another --out")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
