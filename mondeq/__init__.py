@@ -14,6 +14,8 @@ implicit gradients, with Lipschitz bounds and certified robustness. Solvers live
   (``mondeq.pretrained(name)``; ``mondeq.pretrained()`` lists them with their figures);
 * :mod:`mondeq.errors`: every typed error (root :class:`MonDEQError`).
 """
+from splitting.errors import attribute_warnings_past
+
 from .errors import MonDEQError, NonAffineReadoutError
 from .layer import MonDEQ, solver_settings
 from .models import (AvgPoolState, FlattenState, MonDEQClassifier, TierPool, build_model, fc_mondeq,
@@ -29,6 +31,8 @@ from .robustness import (AttackResult, Certificate, LipschitzMarginLoss, certifi
                          robust_accuracy, WeightPerturbationBound, weight_lipschitz_bound)
 
 __version__ = "0.1.0"
+
+attribute_warnings_past(__file__)  # warnings name the caller's line, not a mondeq frame
 
 __all__ = [
     "AttackResult", "AvgPoolState", "Certificate", "ConvOperator", "ConvResolvent", "FlattenState",

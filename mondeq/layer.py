@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from splitting import SOLVERS, EquilibriumStats, Prox, ReLU, State, equilibrium
-from .errors import InvalidSettingError, NonFiniteInputError, UnsupportedExportError
+from .errors import InputDTypeError, InvalidSettingError, NonFiniteInputError, UnsupportedExportError
+from splitting.implicit import GRADIENTS
 from splitting.operator import check_alpha
 
 from .parametrisation import MonotoneParametrisation
@@ -54,12 +55,14 @@ class MonDEQ(nn.Module):
             ‖z − σ(Wz + Ux + b)‖/‖z‖ ≤ tol (for the forward solve and the backward one).
         max_iter: forward iteration cap, ≥ 1.
         backward_tol, backward_max_iter: backward settings (default: the forward ones).
+        gradient: ``"exact"`` (default) or ``"jacobian-free"``, an explicit inexact option that
+            skips the backward solve (:func:`splitting.equilibrium`; never the default).
     """
 
     def __init__(self, linear: MonotoneParametrisation, nonlinearity: Prox | None = None, *,
                  solver: str | Callable = "pr", alpha: float = 1.0, tol: float = 1e-2,
                  max_iter: int = 50, backward_tol: float | None = None,
-                 backward_max_iter: int | None = None) -> None:
+                 backward_max_iter: int | None = None, gradient: str = "exact") -> None:
         super().__init__()
         if not isinstance(linear, MonotoneParametrisation):
             raise TypeError(f"linear must be a mondeq.MonotoneParametrisation (MonotoneLinear, "
@@ -73,6 +76,9 @@ class MonDEQ(nn.Module):
         self.backward_tol = None if backward_tol is None else _check_tol(backward_tol, "backward_tol")
         self.backward_max_iter = (None if backward_max_iter is None
                                   else _check_iterations(backward_max_iter, "backward_max_iter"))
+        if gradient not in GRADIENTS:
+            raise InvalidSettingError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        self.gradient = gradient
 
     def __setattr__(self, name: str, value) -> None:
         # nn.Module would register an nn.Module value (nn.Tanh()) as a submodule and skip the
@@ -144,10 +150,13 @@ class MonDEQ(nn.Module):
         if torch.compiler.is_exporting():
             raise UnsupportedExportError.capture("torch.export")
         self.check_input(x)
-        z, stats = equilibrium(self.linear.operator(), self.nonlinearity, self.linear.bias(x),
-                               solver=self.solver, alpha=self.alpha, tol=self.tol,
-                               max_iter=self.max_iter, z0=z0, backward_tol=self.backward_tol,
-                               backward_max_iter=self.backward_max_iter)
+        solve = equilibrium
+        if torch.compiler.is_compiling():  # one opaque call, imported here: no extra traced frame
+            from splitting.opaque import equilibrium as solve
+        z, stats = solve(self.linear.operator(), self.nonlinearity, self.linear.bias(x),
+                         solver=self.solver, alpha=self.alpha, tol=self.tol,
+                         max_iter=self.max_iter, z0=z0, backward_tol=self.backward_tol,
+                         backward_max_iter=self.backward_max_iter, gradient=self.gradient)
         if not stats.forward.converged:
             self._raise_if_not_finite(x)
         return z, stats
@@ -165,8 +174,8 @@ class MonDEQ(nn.Module):
                             f"float64 parameters: keep them in float32 and train under "
                             f"torch.autocast for low-precision speed")
         if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"input dtype {x.dtype} differs from the parameters' {dtype}; convert "
-                            f"the input (x.to({dtype})) or run under torch.autocast")
+            raise InputDTypeError(f"input dtype {x.dtype} differs from the parameters' {dtype}; convert "
+                                  f"the input (x.to({dtype})) or run under torch.autocast")
 
     def _raise_if_not_finite(self, x: Tensor) -> None:
         """After a failed solve, name the non-finite tensor if there is one (syncs; failure only)."""

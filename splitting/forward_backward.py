@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Callable
 
 import torch
 
-from .errors import InvalidSettingError, StepSizeWarning
+from .errors import InvalidSettingError, StepSizeWarning, warn_at_caller
 from .loop import check_settings, initial_state, iterate, relative_residual
 from .operator import LinearOperator, Resolvent, check_alpha
 from .prox import Prox
@@ -57,11 +56,11 @@ def check_step_size(op: LinearOperator, alpha: float, check_step: str, *, method
     except torch.linalg.LinAlgError:  # W has NaN or inf entries: no step size can help
         bound = float("nan")
     if not math.isfinite(bound) or bound == 0.0:
-        warnings.warn(f"{method} with alpha={alpha:g} did not converge and the operator W is not "
-                      f"finite (a parameter is NaN or inf), so no step size can converge: if "
-                      f"training produced this, the previous steps diverged; use a smaller alpha "
-                      f"({method} needs alpha < {rule}) or Peaceman-Rachford",
-                      StepSizeWarning, stacklevel=3)
+        warn_at_caller(f"{method} with alpha={alpha:g} did not converge and the operator W is not "
+                       f"finite (a parameter is NaN or inf), so no step size can converge: if "
+                       f"training produced this, the previous steps diverged; use a smaller alpha "
+                       f"({method} needs alpha < {rule}) or Peaceman-Rachford",
+                       StepSizeWarning)
         return
     if alpha < bound:
         return
@@ -70,7 +69,7 @@ def check_step_size(op: LinearOperator, alpha: float, check_step: str, *, method
                f"use a smaller alpha or Peaceman-Rachford, which converges for any alpha")
     if check_step == "raise":
         raise InvalidSettingError(message)
-    warnings.warn(message, StepSizeWarning, stacklevel=3)
+    warn_at_caller(message, StepSizeWarning)
 
 
 def forward_backward(

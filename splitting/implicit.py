@@ -39,20 +39,22 @@ operator's dtype (float32 or float64): the bias is cast up, autocast is off insi
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .errors import ConvergenceWarning, UnsupportedDerivativeError
+from .errors import ConvergenceWarning, InvalidSettingError, UnsupportedDerivativeError, warn_at_caller
 from .operator import LinearOperator, Resolvent
 from .prox import DiagonalQuadratic, Prox
 from .result import SolverResult
 from .state import State, tmap
 
 Solver = Callable[..., SolverResult]
+
+GRADIENTS = ("exact", "jacobian-free")
+"""The derivative options of :func:`equilibrium` (only ``"exact"`` is the true derivative)."""
 
 
 @dataclass
@@ -186,6 +188,7 @@ class _Derivatives:
     tol: float
     max_iter: int
     stats: EquilibriumStats
+    gradient: str = "exact"
 
     def run(self, solve: Callable[..., SolverResult], rhs: State, *, mode: str) -> SolverResult:
         try:
@@ -220,10 +223,14 @@ class _ImplicitNonlinearity(torch.autograd.Function):
         with torch.no_grad():
             rhs = tuple(torch.zeros_like(t) if g is None else g.detach()
                         for g, t in zip(grads, d.problem.pre_activation))
-            result = d.run(d.problem.solve, rhs, mode="reverse")
-        _warn_if_unconverged(result, "backward")
-        d.stats.backward = result
-        u = result.z
+            if d.gradient == "jacobian-free":  # u = Jḡ: no solve, stats.backward stays None
+                u = tuple(torch.mul(j, g) for j, g in zip(d.problem.jacobian, rhs))
+            else:
+                result = d.run(d.problem.solve, rhs, mode="reverse")
+        if d.gradient != "jacobian-free":
+            _warn_if_unconverged(result, "backward")
+            d.stats.backward = result
+            u = result.z
         if torch.is_grad_enabled():  # create_graph=True: u depends on W, J and ḡ in ways not traced
             u = _RefuseSecondOrder.apply(len(u), *u, *grads, *ctx.saved_tensors)
         return (None, None, *u, *(None,) * len(u))
@@ -235,6 +242,8 @@ class _ImplicitNonlinearity(torch.autograd.Function):
         tangents = tangents[:len(v)]  # ẑ enters detached: no tangent of its own
         _refuse_batched(tangents, "forward")
         tangents = tuple(torch.zeros_like(t) if dt is None else dt for dt, t in zip(tangents, v))
+        if d.gradient == "jacobian-free":
+            return tuple(j * dt for j, dt in zip(d.problem.jacobian, tangents))
         result = d.run(d.problem.solve_tangent, tangents, mode="forward")
         _warn_if_unconverged(result, "forward-mode tangent")
         d.stats.tangent = result
@@ -282,7 +291,6 @@ def _refuse_batched(tensors, mode: str) -> None:
         raise UnsupportedDerivativeError(VMAP_MESSAGE.format(mode=mode))
 
 
-@torch.compiler.disable(recursive=True)
 def equilibrium(
     op: LinearOperator,
     prox: Prox,
@@ -295,6 +303,7 @@ def equilibrium(
     z0: State | None = None,
     backward_tol: float | None = None,
     backward_max_iter: int | None = None,
+    gradient: str = "exact",
 ) -> tuple[State, EquilibriumStats]:
     """Differentiable equilibrium :math:`z^\\star = \\sigma(Wz^\\star + b)`.
 
@@ -307,6 +316,13 @@ def equilibrium(
         alpha, tol, max_iter, z0: forward solver settings.
         backward_tol, backward_max_iter: settings of the backward (and forward-mode tangent)
             solves (default: the forward ones).
+        gradient: ``"exact"`` (default): the implicit derivatives above. ``"jacobian-free"``: an
+            explicit, inexact option, Jacobian-free backpropagation (Fung et al., "JFB:
+            Jacobian-free backpropagation for implicit networks", AAAI 2022): the backward
+            solve is skipped and :math:`u = J\\bar g` (:math:`(I - JW^\\top)^{-1}` replaced by
+            I; likewise :math:`J\\dot v` for tangents), a descent direction under conditions on
+            W, not the gradient; ``stats.backward`` stays ``None``. It saves the backward
+            iterations (about half a PR step's solver work) and costs accuracy (README).
 
     Returns:
         ``(z, stats)``: the solver's state ẑ (equal in value to ``stats.forward.z``, so
@@ -317,7 +333,30 @@ def equilibrium(
     Under ``torch.compile`` this call is one opaque eager call (one deliberate graph break): the
     solve stops on a data-dependent test and keeps Python results, so it is not traced; what the
     layer computes before (Ux + b, the operator's pieces) and the model after it are compiled.
+    (The ``torch.compiler.disable`` wrapper that does it, :mod:`splitting.opaque`, is imported
+    on the first compiled call: made at import, it would import ``torch._dynamo``, which doubles
+    the time of ``import mondeq``.)
+
+    Raises:
+        UnsupportedDerivativeError: called under ``torch.vmap`` (the stopping test needs the
+            whole batch).
     """
+    if gradient not in GRADIENTS:
+        raise InvalidSettingError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    settings = dict(solver=solver, alpha=alpha, tol=tol, max_iter=max_iter, z0=z0,
+                    backward_tol=backward_tol, backward_max_iter=backward_max_iter, gradient=gradient)
+    if torch.compiler.is_compiling():  # only dynamo's trace sees True: torch._dynamo is loaded
+        from .opaque import equilibrium as opaque  # dynamo runs the import, then breaks the graph
+        return opaque(op, prox, bias, **settings)
+    return _solve_equilibrium(op, prox, bias, **settings)
+
+
+def _solve_equilibrium(op: LinearOperator, prox: Prox, bias: State, *, solver: Solver, alpha: float,
+                       tol: float, max_iter: int, z0: State | None, backward_tol: float | None,
+                       backward_max_iter: int | None,
+                       gradient: str = "exact") -> tuple[State, EquilibriumStats]:
+    """The body of :func:`equilibrium` (the eager call)."""
+    _refuse_batched(bias, "forward")
     device_type = bias[0].device.type
     autocast_off = (torch.autocast(device_type, enabled=False)
                     if torch.is_autocast_enabled(device_type) else contextlib.nullcontext())
@@ -337,7 +376,8 @@ def equilibrium(
         derivatives = _Derivatives(
             BackwardProblem(op, prox, tuple(t.detach() for t in v), result), solver=solver,
             alpha=alpha, tol=tol if backward_tol is None else backward_tol,
-            max_iter=max_iter if backward_max_iter is None else backward_max_iter, stats=stats)
+            max_iter=max_iter if backward_max_iter is None else backward_max_iter, stats=stats,
+            gradient=gradient)
         return tuple(_ImplicitNonlinearity.apply(derivatives, prox, *v, *z_hat)), stats
 
 
@@ -354,4 +394,4 @@ def _warn_if_unconverged(result: SolverResult, which: str) -> None:
     else:
         message = (f"{which} solve stopped after {result.iterations} iterations with true relative "
                    f"residual {float(worst):.3g} above tol; raise max_iter, loosen tol or tune alpha")
-    warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    warn_at_caller(message, ConvergenceWarning)

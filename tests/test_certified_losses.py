@@ -141,7 +141,7 @@ def test_run_with_a_certified_loss_resumes_bit_exactly(tmp_path) -> None:
     assert report["certified_bound"] == "joint"
     x, y = load_dataset("mnist", train=False)
     cert = certify(load_run(full), x[:32], y[:32], epsilons=report["config"]["epsilons"],
-                   tol=report["config"]["certify_tol"], bound="joint", multipliers="scalar")
+                   tol=report["config"]["certify_tol"], bound="joint", multipliers="scalar", dtype=None)
     assert {str(k): v for k, v in cert.certified.items()} == report["final"]["certified"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

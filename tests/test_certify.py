@@ -14,6 +14,9 @@ from splitting import DenseOperator, ReLU, SoftThreshold, peaceman_rachford
 from splitting.state import batch_norm
 
 TIGHT = dict(tol=1e-12, max_iter=5_000)
+#: the product bound at the layer's own solve (what certify did by default before the one rule)
+PRODUCT = dict(bound="product", dtype=None)
+LOOSE = dict(tol=None, **PRODUCT)
 
 
 def blobs(n=300, dim=10, classes=3, spread=0.7, generator=None):
@@ -141,8 +144,8 @@ def test_certificate_is_below_the_exact_one_and_sound_for_every_layer(kind):
         x = torch.randn(64, 1, 6, 6)
     with torch.no_grad():
         model.head.weight.mul_(5.0)
-    loose = certify(model, x)
-    exact = certify(model, x, **TIGHT)
+    loose = certify(model, x, **LOOSE)
+    exact = certify(model, x, **TIGHT, **PRODUCT)
     assert float(exact.state_error.max()) < 1e-8
     assert float(loose.state_error.min()) > 0
     same = loose.prediction == exact.prediction
@@ -160,8 +163,8 @@ def test_slack_is_needed_with_a_loose_solve():
         model.layer.linear.U.weight.mul_(3.0)
         model.head.weight.mul_(5.0)
     x = torch.randn(2000, 6)
-    loose = certify(model, x)           # certifies the (loose) prediction
-    exact = certify(model, x, **TIGHT)
+    loose = certify(model, x, **LOOSE)  # certifies the (loose) prediction
+    exact = certify(model, x, **TIGHT, **PRODUCT)
     wrong = loose.prediction != exact.prediction
     # x itself lies in every claimed ball: an unslacked radius > 0 there is a false certificate
     assert int((wrong & (loose.radius_unsound > 0)).sum()) >= 10
@@ -173,7 +176,7 @@ def test_slack_is_needed_with_a_loose_solve():
 
 def test_tighter_solve_shrinks_the_slack(trained):
     model, x, y = trained
-    loose, tight = certify(model, x, y), certify(model, x, y, tol=1e-8)
+    loose, tight = certify(model, x, y, **LOOSE), certify(model, x, y, tol=1e-8, **PRODUCT)
     assert float(tight.slack.max()) < 1e-3 * float(loose.slack.mean())
     assert float(tight.radius.mean()) >= float(loose.radius.mean())
     assert model.layer.tol == 1e-2 and model.layer.max_iter == 200  # settings restored

@@ -85,7 +85,7 @@ def test_pixel_radius_is_the_old_normalised_radius_times_std(mnist_test):
     bare.load_state_dict(_weights_without_normalisation(model))
     x = pixels[:40].double()
     y = model(x).argmax(1)
-    new, old = certify(model, x, y), certify(bare, normalize(x), y)
+    new, old = certify(model, x, y, bound="product"), certify(bare, normalize(x), y, bound="product")
     torch.testing.assert_close(new.radius, MNIST_STD * old.radius, rtol=1e-12, atol=0)
     assert float(new.radius.min()) > 0
     assert new.lipschitz == pytest.approx(old.lipschitz / MNIST_STD, rel=1e-15)
@@ -119,12 +119,15 @@ def test_loaded_run_certifies_exactly_what_the_run_reported(tiny_run, mnist_test
     assert model.normalization is not None and next(model.parameters()).dtype == torch.float32
     pixels, labels = mnist_test
     epsilons = report["config"]["epsilons"]
-    cert = certify(model, pixels, labels, epsilons=epsilons)
+    # the per-epoch monitoring: the layer's own solve, scalar multipliers, the model's dtype
+    cert = certify(model, pixels, labels, epsilons=epsilons, tol=None, dtype=None,
+                   bound=report["certified_bound"], multipliers="scalar")
     assert {str(k): v for k, v in cert.certified.items()} == report["final"]["certified"]
     assert float(cert.correct.double().mean()) == report["final"]["test_accuracy"]
     assert cert.lipschitz == report["final"]["lipschitz"] == lipschitz_bound(model)
-    tight = certify(model, pixels, labels, epsilons=epsilons, tol=report["certified_tight"]["tol"])
+    tight = certify(model, pixels, labels, epsilons=epsilons)  # the report's certificate: the defaults
     assert {str(k): v for k, v in tight.certified.items()} == report["certified_tight"]["certified"]
+    assert (tight.bound, tight.multipliers, tight.tol) == tuple(report["certified_tight"][k] for k in ("bound", "multipliers", "tol"))
 
 
 def test_old_checkpoint_without_normalisation_loads_as_the_same_network(tiny_run, tmp_path, mnist_test):

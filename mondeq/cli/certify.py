@@ -1,9 +1,12 @@
 """The certify command: sound certified ℓ2 accuracy of a trained monDEQ (any model and dataset the
 trainer makes) against PGD robust accuracy, both in pixel scale (``experiments/certify.py``; its docstring describes the outputs).
 
-Every test equilibrium is re-solved at a tight tolerance, certified radii are margins minus the
-solver slack, and PGD points inside a certified radius that the tightly solved model misclassifies
-are counted as counterexamples (there must be none).
+The certificate is :func:`mondeq.certify`'s with its defaults (the one rule of the API, the
+training report and this command: the strongest affordable bound, float64 solves at tol 1e-6);
+options that ask for less say so in the output. PGD's verdicts are judged at the truth
+(:func:`mondeq.pgd`), and a PGD success inside a certified radius would be a counterexample (there
+must be none). The looseness search (the largest Lipschitz ratio found by ascent) is opt-in
+(``--looseness-limit N``), announced with an estimate and a progress line.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from pathlib import Path
 import torch
 
 from ..data import load_dataset, load_mnist, mnist_root
-from ..layer import solver_settings
 from ..models import load_run
 from ..robustness import pairwise_lipschitz, pgd
-from ..robustness.certification import certified_accuracy, certify
+from ..robustness.attacks import PGD_RESTARTS
+from ..robustness.certification import (CERTIFY_BOUNDS, CERTIFY_DTYPE, CERTIFY_MULTIPLIERS, CERTIFY_TOL,
+                                        TIGHT_MAX_ITER, certificate_constants, certified_accuracy, certify)
+from ..robustness.joint_bound import MULTIPLIERS
 from ..robustness.looseness import ascend_lipschitz_ratio, pgd_pair_ratio
 from ..training import read_checkpoint
 from .options import (HelpFormatter, checkpoint_file, data_root_arg, default_device, device_arg, hidden_alias,
@@ -29,6 +34,8 @@ from .plots import plot_certified
 DESCRIPTION = ("Certify a trained monDEQ: sound certified ℓ2 accuracy against PGD robust accuracy on its "
                "dataset's test set, radii in pixel scale.")
 EPSILONS = (0.1, 0.3, 0.5, 1.0, 1.58)
+LOOSENESS_CHUNK = 16
+"""Images per ratio-ascent call of the opt-in looseness search (one progress line each)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,24 +44,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("run", type=Path, help="a run of mondeq train: its --out folder or its checkpoint.pt")
     p.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS),
                    help="ℓ2 radii in pixel scale [0, 1], each > 0")
-    p.add_argument("--tol", type=positive_float, default=1e-6,
-                   help="re-solve at this tolerance before certifying (the trained tolerance is "
-                        "also reported, to show the slack it costs)")
-    p.add_argument("--max-iter", type=positive_int, default=2000, help="iteration cap of the tight solve")
-    p.add_argument("--bound", choices=("joint", "product"), default="joint",
-                   help="margin constants: the joint bound of x ↦ h_y − h_j (mondeq.pairwise_lipschitz, "
-                        "never larger) or the product ‖H_y − H_j‖·‖U‖₂/(m·min σ)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="precision of certification and attacks")
+    p.add_argument("--tol", type=positive_float, default=CERTIFY_TOL,
+                   help="re-solve at this tolerance before certifying, as mondeq.certify does (the "
+                        "trained tolerance is also reported, to show the slack it costs)")
+    p.add_argument("--max-iter", type=positive_int, default=TIGHT_MAX_ITER, help="iteration cap of the tight solve")
+    p.add_argument("--bound", choices=CERTIFY_BOUNDS, default="auto",
+                   help="margin constants: auto (mondeq.certify's: the joint bound where it can be built), "
+                        "the joint bound of x ↦ h_y − h_j (mondeq.pairwise_lipschitz, never larger) or the "
+                        "product ‖H_y − H_j‖·‖U‖₂/(m·min σ)")
+    p.add_argument("--multipliers", choices=MULTIPLIERS, default=CERTIFY_MULTIPLIERS,
+                   help="the joint bound's multipliers: auto (diagonal where that search is cheap), "
+                        "scalar or diagonal")
+    p.add_argument("--dtype", choices=("float64", "float32"), default=str(CERTIFY_DTYPE).removeprefix("torch."),
+                   help="precision of certification and attacks (float32 solves stall near tol 1e-6)")
     p.add_argument("--test-limit", type=positive_int, default=None, help="certify only the first N test images")
     p.add_argument("--attack-limit", type=positive_int, default=None,
                    help="attack only the first N test images (default: all certified ones)")
     p.add_argument("--steps", type=positive_int, default=50, help="PGD steps per restart")
-    p.add_argument("--restarts", type=positive_int, default=2, help="PGD restarts (the first from x)")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
-    p.add_argument("--looseness-limit", type=int, default=200,
-                   help="search the largest Lipschitz ratio (pair ascent on the binding margin) on the "
-                        "first N test images (0: skip)")
+    p.add_argument("--restarts", type=positive_int, default=PGD_RESTARTS, help="PGD restarts (the first from x)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="images per certification batch")
+    p.add_argument("--looseness-limit", type=int, default=0,
+                   help="search the largest Lipschitz ratio (pair ascent on the binding margin, float64 "
+                        "solves at --tol) on the first N test images: minutes on a conv model, so opt-in "
+                        "(0: skip; the PGD pairs' ratio is always reported)")
     p.add_argument("--ascent-steps", type=positive_int, default=20, help="steps of that ascent")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
     p.add_argument("--data-root", type=data_root_arg, default=None,
@@ -127,19 +139,28 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{state['config']['model']} monDEQ from {args.run} (epoch {state['epoch']}), "
           f"{len(x)} test images, {args.dtype}, on {device}")
 
-    start = time.perf_counter()
-    loose = certify(model, x, labels, epsilons=eps_list, batch_size=args.batch_size, bound=args.bound)
-    loose_time = time.perf_counter() - start
-    start = time.perf_counter()
-    tight = certify(model, x, labels, epsilons=eps_list, tol=args.tol,
-                    max_iter=args.max_iter, batch_size=args.batch_size, bound=args.bound)
-    tight_time = time.perf_counter() - start
-    gamma = pairwise_lipschitz(model, bound=args.bound)  # what the ratios below are fractions of
-    if args.bound == "joint":
+    start = time.perf_counter()  # the margin constants first, so that the solve times below are solves
+    gamma, (bound, multipliers), _ = certificate_constants(model, args.bound, args.multipliers)
+    constants_time = time.perf_counter() - start
+    if gamma is None:
+        gamma = pairwise_lipschitz(model, bound="product")  # what the ratios below are fractions of
+    else:
         off = ~torch.eye(len(gamma), dtype=torch.bool, device=gamma.device)
         ratio = (pairwise_lipschitz(model, bound="product") / gamma)[off]
-        print(f"joint margin bound: {float(ratio.median()):.2f}× tighter than the product bound (median "
-              f"over class pairs; least {float(ratio.min()):.2f}×); certified accuracy below uses it")
+        print(f"joint margin bound ({multipliers} multipliers, built in {constants_time:.1f} s): "
+              f"{float(ratio.median()):.2f}× tighter than the product bound (median over class pairs; "
+              f"least {float(ratio.min()):.2f}×); certified accuracy below uses it", flush=True)
+    settings = dict(epsilons=eps_list, batch_size=args.batch_size, bound=args.bound,
+                    multipliers=args.multipliers, dtype=None)  # the model is already in --dtype
+    start = time.perf_counter()
+    loose = certify(model, x, labels, tol=None, **settings)
+    loose_time = time.perf_counter() - start
+    start = time.perf_counter()
+    tight = certify(model, x, labels, tol=args.tol, max_iter=args.max_iter, **settings)
+    tight_time = time.perf_counter() - start
+    print(f"certificate: {tight.describe()}"
+          + (f"; weaker than mondeq.certify's default: {', '.join(tight.weaker_than_default())}"
+             if tight.weaker_than_default() else " (mondeq.certify's default)"), flush=True)
     clean = float(tight.correct.double().mean())
     print(f"Lipschitz bound {tight.lipschitz:.4f} (pixel scale: ‖U‖₂/m / min σ), "
           f"{tight.lipschitz * tight.pixel_scale:.4f} (‖U‖₂/m, normalised input)")
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_attack = len(x) if args.attack_limit is None else min(args.attack_limit, len(x))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     attack = dict(norm="l2", steps=args.steps, restarts=args.restarts, bounds=(0.0, 1.0),
-                  generator=generator)
+                  generator=generator, tol=args.tol, dtype=dtype)  # verdicts at the certificate's solve
     robust_mask = tight.correct[:n_attack].clone()
     radius = tight.radius[:n_attack]
     robust, counterexamples, checked = {}, 0, 0
@@ -169,8 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         for s in range(0, len(idx), args.batch_size):
             chunk = idx[s:s + args.batch_size]
             result = pgd(model, x[chunk], labels[chunk], eps, **attack)
-            with torch.no_grad(), solver_settings(layer, tol=args.tol, max_iter=args.max_iter):
-                broken = model(result.x_adv).argmax(1) != labels[chunk]
+            broken = result.success  # judged at the truth: re-solved at --tol, beyond the solver error
             robust_mask[chunk[broken]] = False
             pairs = pgd_pair_ratio(model, x[chunk], result.x_adv, labels[chunk], tol=args.tol,
                                    max_iter=args.max_iter, constants=gamma)
@@ -179,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
             counterexamples += (broken & certified).sum()  # summed on the device, read once
             checked += certified.sum()
         robust[eps] = float(robust_mask.double().mean())
-        print(f"PGD ε={eps:g}: robust accuracy {100 * robust[eps]:.2f}% ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(f"PGD ε={eps:g}: robust accuracy {100 * robust[eps]:.2f}% on {n_attack} images "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
     attack_time = time.perf_counter() - start
     counterexamples, checked = int(counterexamples), int(checked)
 
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"attacked images; PGD on {n_attack} images, "
           f"{args.steps} steps × {args.restarts} restarts, {attack_time:.0f} s)")
     print(f"PGD counterexamples inside certified radii: {counterexamples} of {checked} certified (image, ε) pairs attacked")
-    constant = "Γ_yj (joint bound)" if args.bound == "joint" else "K_yj"
+    constant = "Γ_yj (joint bound)" if bound == "joint" else "K_yj"
     print(f"largest Lipschitz ratio found / certified {constant}: {looseness['pgd_max_fraction']:.3f} (PGD pairs)"
           + (f", {looseness['ascent_max_fraction']:.3f} max / {looseness['ascent_median_fraction']:.3f} median "
              f"(ratio ascent, {looseness['ascent_images']} images, {looseness['ascent_time_s']:.0f} s)"
@@ -211,7 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "mean_radius_slack_tight_tol": float(tight.slack.mean()),
                         "max_radius_slack_trained_tol": float(loose.slack.max()),
                         "max_radius_slack_tight_tol": float(tight.slack.max())},
-              "times_s": {"certify_trained_tol": loose_time, "certify_tight_tol": tight_time, "pgd": attack_time},
+              "certificate": {"bound": tight.bound, "multipliers": tight.multipliers, "tol": tight.tol,
+                              "dtype": tight.dtype, "weaker_than_default": tight.weaker_than_default()},
+              "radius": tight.radius.tolist(),
+              "times_s": {"margin_constants": constants_time, "certify_trained_tol": loose_time,
+                          "certify_tight_tol": tight_time, "pgd": attack_time},
               "pgd": {"images": n_attack, "steps": args.steps, "restarts": args.restarts},
               "looseness": looseness}
     (out / "certify.json").write_text(json.dumps(report, indent=2))
@@ -226,18 +250,29 @@ def main(argv: list[str] | None = None) -> dict:
 def looseness_search(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
                      pgd_fraction: torch.Tensor, args: argparse.Namespace, constants: torch.Tensor) -> dict:
     """The largest Lipschitz ratios found, as fractions of the certified ``constants`` (K_yj or Γ_yj)
-    (:mod:`mondeq.robustness.looseness`): over the PGD pairs already attacked, and by the ratio
-    ascent on the first ``--looseness-limit`` images (correctly classified or not)."""
+    (:mod:`mondeq.robustness.looseness`): over the PGD pairs already attacked, and, when asked for
+    (``--looseness-limit N``), by the ratio ascent on the first N images (correctly classified or
+    not), in chunks of ``LOOSENESS_CHUNK`` with a progress line and an estimate of the time left."""
     out = {"pgd_max_fraction": float(pgd_fraction.max()) if len(pgd_fraction) else 0.0,
            "ascent_images": min(max(args.looseness_limit, 0), len(x))}
-    if out["ascent_images"]:
+    n = out["ascent_images"]
+    if n:
+        print(f"looseness search: ratio ascent ({args.ascent_steps} steps, solves at tol {args.tol:g}) on {n} "
+              f"images, in chunks of {LOOSENESS_CHUNK}", flush=True)
         start = time.perf_counter()
-        n = out["ascent_images"]
-        found = ascend_lipschitz_ratio(model, x[:n], labels[:n], steps=args.ascent_steps, tol=args.tol,
-                                       max_iter=args.max_iter, constants=constants)
-        out.update(ascent_max_fraction=float(found.fraction.max()),
-                   ascent_median_fraction=float(found.fraction.median()),
-                   ascent_max_ratio=float(found.ratio.max()), ascent_time_s=time.perf_counter() - start)
+        fraction, ratio = [], []
+        for s in range(0, n, LOOSENESS_CHUNK):
+            stop = min(s + LOOSENESS_CHUNK, n)
+            found = ascend_lipschitz_ratio(model, x[s:stop], labels[s:stop], steps=args.ascent_steps,
+                                           tol=args.tol, max_iter=args.max_iter, constants=constants)
+            fraction.append(found.fraction)
+            ratio.append(found.ratio)
+            spent = time.perf_counter() - start
+            print(f"  looseness search: {stop}/{n} images, {spent:.0f} s, about {spent / stop * (n - stop):.0f} s "
+                  "left", flush=True)
+        fraction_t, ratio_t = torch.cat(fraction), torch.cat(ratio)
+        out.update(ascent_max_fraction=float(fraction_t.max()), ascent_median_fraction=float(fraction_t.median()),
+                   ascent_max_ratio=float(ratio_t.max()), ascent_time_s=time.perf_counter() - start)
     return out
 
 

@@ -1,6 +1,7 @@
-"""The looseness line of the programs' reports: the certified constants beside the Lipschitz
-ratios actually found and the PGD−certified gap (:mod:`mondeq.robustness.looseness`), on a few
-test images, in float64."""
+"""The robustness lines of the training report: its certificate (:func:`final_certificate`, by
+:func:`mondeq.certify`'s rule, the same as the API's and ``mondeq certify``'s) and the looseness
+line: the certified constants beside the Lipschitz ratios actually found and the PGD−certified
+gap (:mod:`mondeq.robustness.looseness`), on a few test images, in float64."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -8,7 +9,38 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from ..robustness.certification import (CERTIFY_BOUND, CERTIFY_DTYPE, CERTIFY_MULTIPLIERS, CERTIFY_TOL,
+                                        certificate_constants)
 from ..robustness.looseness import Looseness, measure_looseness
+from ..training import evaluate
+
+
+def final_certificate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                      epsilons: Iterable[float], *, run_folder: object = "RUN") -> tuple[dict, list[str]]:
+    """The training report's certificate: :func:`mondeq.certify` with its defaults (the one rule:
+    the strongest affordable bound, float64 solves at ``CERTIFY_TOL``) on the test ``batches``
+    (each rank its shard under torch.distributed; counts summed over ranks).
+
+    Returns:
+        its summary for ``results.json`` (``certified_tight``: tol, dtype, bound, multipliers,
+        mean slack, certified accuracy per ε) and the report's lines (with the command for a
+        tighter solve, on ``run_folder``, when the slack is large next to the smallest ε).
+    """
+    epsilons = [float(e) for e in epsilons]
+    ev = evaluate(model, batches, certify_tol=CERTIFY_TOL, epsilons=epsilons, bound=CERTIFY_BOUND,
+                  multipliers=CERTIFY_MULTIPLIERS, dtype=CERTIFY_DTYPE)
+    _, (bound, multipliers), _ = certificate_constants(getattr(model, "module", model))  # cached
+    dtype = str(CERTIFY_DTYPE).removeprefix("torch.")
+    summary = {"tol": CERTIFY_TOL, "dtype": dtype, "bound": bound, "multipliers": multipliers,
+               "slack": ev.mean_slack, "certified": {str(k): v for k, v in ev.certified.items()}}
+    kind = f"{bound} bound" + (f", {multipliers} multipliers" if multipliers else "")
+    lines = ["  certified ℓ2 accuracy    " + ", ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in ev.certified.items())
+             + f" (sound; {kind}, {dtype} solves at tol {CERTIFY_TOL:g}, slack {ev.mean_slack:.2g} "
+               "pixel: mondeq.certify's and `mondeq certify`'s certificate)"]
+    if epsilons and ev.mean_slack > 0.1 * min(epsilons):
+        lines.append(f"                           the solver-error slack is large next to ε (a large ‖I − W‖₂): "
+                     f"`python experiments/certify.py {run_folder} --tol 1e-9` certifies with a tighter solve")
+    return summary, lines
 
 LOOSENESS_IMAGES = 100
 """Test images the training report measures looseness on (PGD and the ratio ascent in float64;

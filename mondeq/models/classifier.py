@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from splitting import EquilibriumStats, State
 
 from ..errors import InputShapeError, NonAffineReadoutError
 from ..layer import MonDEQ
-from .normalization import InputNormalization
+from .normalization import InputNormalization, as_pixels
 from .readouts import FlattenState
 
 
@@ -53,11 +54,15 @@ class MonDEQClassifier(nn.Module):
 
         Args:
             x: pixel-scale inputs, shape (batch, ...) with as many values per example as the
-                layer takes (e.g. (batch, 1, 28, 28) or (batch, 784) for the MNIST FC model).
+                layer takes (e.g. (batch, 1, 28, 28) or (batch, 784) for the MNIST FC model):
+                floating pixels in [0, 1] of any dtype (computed in the model's), or ``uint8``
+                0..255 (divided by 255; :func:`~mondeq.models.normalization.as_pixels`).
 
         Raises:
             InputShapeError: the examples do not have the layer's input size.
+            InputDTypeError: another integer dtype, ``bool`` or complex.
         """
+        x = as_pixels(x, self.layer.linear.dtype)  # uint8 0..255 → [0, 1]; floats in the model's dtype
         shape = tuple(self.layer.linear.input_shape)
         if x.ndim < 2 or math.prod(x.shape[1:]) != math.prod(shape):
             raise InputShapeError(
@@ -82,16 +87,34 @@ class MonDEQClassifier(nn.Module):
         """Apply readout and head to an equilibrium state."""
         return self.head(self.readout(z))
 
-    def head_matrix(self) -> Tensor:
-        r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n),
-        detached (:func:`mondeq.robustness.lipschitz.head_matrix`, which also gives it with a graph).
+    def head_matrix(self, *, differentiable: bool = False) -> Tensor:
+        r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
+
+        Readout and head are affine (``logits = H z + c``), so :math:`H` is the Jacobian of
+        :meth:`logits_from_state` at any state; it is taken at zero, tier by tier, and the tiers'
+        columns are concatenated in the order of :class:`FlattenState`. With the default readout
+        and an ``nn.Linear`` head, :math:`H` is the head's weight.
+
+        Args:
+            differentiable: keep the graph to the head's parameters (for a training loss);
+                ``False`` (default) returns a detached tensor (for certificates).
 
         Raises:
             NonAffineReadoutError: the readout or the head does not declare itself affine.
         """
-        from ..robustness.lipschitz import head_matrix  # robustness imports this module
+        self.check_affine()  # the margin constants assume logits = H z + c
+        if isinstance(self.readout, FlattenState) and type(self.head) is nn.Linear:
+            weight = self.head.weight
+            return weight if differentiable else weight.detach()
+        zero = tuple(t.detach() for t in self.layer.linear.operator().zeros(1))
 
-        return head_matrix(self, differentiable=False)
+        def logits_of(*tiers: Tensor) -> Tensor:
+            return self.logits_from_state(tuple(tiers))[0]
+
+        with torch.enable_grad():  # certify runs under no_grad
+            jac = torch.autograd.functional.jacobian(logits_of, zero, create_graph=differentiable)
+        head = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+        return head if differentiable else head.detach()
 
     def check_affine(self) -> None:
         """Raise :class:`NonAffineReadoutError` unless readout and head are known to be affine."""

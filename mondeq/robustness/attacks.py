@@ -10,14 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputScaleError
-from .checks import check_labels
+from ..errors import InputScaleError, InvalidSettingError
+from ..models.normalization import as_pixels
+from ..layer import solver_settings
+from .certification import (CERTIFY_DTYPE, CERTIFY_TOL, TIGHT_MAX_ITER, equilibrium_error_bound,
+                            state_residual)
+from .lipschitz import head_matrix, pairwise_margin_norms
+from .checks import check_batch, check_labels
 
 NORMS = ("l2", "linf")
 LOSSES = ("margin", "ce")
+#: Restarts of :func:`pgd` and of ``mondeq certify``'s attack (the first from x, then random).
+PGD_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -26,8 +35,11 @@ class AttackResult:
 
     Attributes:
         x_adv: the strongest point found per example (lowest margin), shape of ``x``.
-        success: whether the model misclassifies ``x_adv``, shape (batch,).
-        margin: logit of the true class minus the largest other logit at ``x_adv``, (batch,).
+        success: whether the model misclassifies ``x_adv``, judged at the truth for a monDEQ
+            classifier (:func:`proven_misclassified`: re-solved
+            at ``tol``, and only where the solver error cannot explain it), shape (batch,).
+        margin: logit of the true class minus the largest other logit at ``x_adv`` (at that
+            re-solve for a monDEQ classifier), shape (batch,).
         distance: ‖x_adv − x‖ in the attack's norm, shape (batch,).
     """
 
@@ -93,15 +105,19 @@ def margins(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: str = "l2",
-        steps: int = 50, step_size: float | Tensor | None = None, restarts: int = 1,
+        steps: int = 50, step_size: float | Tensor | None = None, restarts: int = PGD_RESTARTS,
         bounds: tuple[float, float] | None = (0.0, 1.0), loss: str = "margin",
-        generator: torch.Generator | None = None, mean: None = None, std: None = None) -> AttackResult:
+        generator: torch.Generator | None = None, tol: float | None = CERTIFY_TOL,
+        dtype: torch.dtype | None = CERTIFY_DTYPE, mean: None = None, std: None = None) -> AttackResult:
     r"""PGD with random restarts against ``model(x)`` on pixel-scale inputs, maximising the loss.
 
     Each step moves along the normalised gradient (ℓ2) or its sign (ℓ∞), then projects back onto
     :math:`\{x' : \|x' - x\| \le \varepsilon\} \cap [\text{lo}, \text{hi}]^d`. The first restart starts at
     ``x``, later ones at a uniform random point of the ball. Per example, the point with the
-    lowest margin over all steps and restarts is kept.
+    lowest margin over all steps and restarts is kept. The steps use the model's own (cheap)
+    solves; the verdict does not: a monDEQ classifier's final points are re-solved at ``tol`` in
+    ``dtype`` (:func:`certify`'s rule) and count as successes only where the exact network provably
+    misclassifies them, so no success ever lies inside a certified radius.
 
     Args:
         model: maps pixel-scale inputs to logits (e.g. a MonDEQClassifier, which normalises them).
@@ -111,12 +127,15 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
         norm: ``"l2"`` or ``"linf"``.
         steps: gradient steps per restart.
         step_size: per-step length (default 2.5·ε/steps, Madry et al.).
-        restarts: number of starts (≥ 1).
+        restarts: number of starts (≥ 1; default ``PGD_RESTARTS``, as ``mondeq certify``).
         bounds: valid pixel range ``(lo, hi)``, or ``None`` for no clamping.
         loss: ``"margin"`` (the largest other logit minus the true one; does not saturate) or
             ``"ce"`` (cross entropy).
         generator: random generator for the restarts, on any device (the noise is drawn on the
             generator's device and moved to ``x``'s).
+        tol: the verdict's re-solve tolerance (default ``CERTIFY_TOL``; ``None``: the layer's
+            own, the old verdict, which a loose solve can fake).
+        dtype: the verdict's precision (default float64; ``None``: the model's).
         mean, std: refused: the model owns its normalisation.
 
     Returns:
@@ -124,21 +143,26 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
 
     Raises:
         LabelError: labels not integer, not one per example, or outside the logits' classes.
+        StateShapeError: an empty batch.
         InputScaleError: ``mean`` or ``std`` given.
-        ValueError: an unknown norm or loss, steps < 0, restarts < 1 or ε < 0.
+        InvalidSettingError: an unknown norm or loss, steps < 0, restarts < 1, ε < 0 or not finite.
     """
     _refuse_normalisation(mean, std, "pgd")
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise InvalidSettingError(f"pgd: norm must be one of {NORMS}, got {norm!r}")
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise InvalidSettingError(f"pgd: loss must be one of {LOSSES}, got {loss!r}")
     if steps < 0 or restarts < 1:
-        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        raise InvalidSettingError(f"pgd: need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_batch(x, "pgd")
+    monDEQ = _is_mondeq_classifier(model)
+    if not x.is_floating_point():  # uint8 pixels, as the classifier takes them
+        x = as_pixels(x, model.layer.linear.dtype if monDEQ else torch.get_default_dtype())
     x = x.detach()
     check_labels(y, len(x))
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
-    if bool((eps_t < 0).any()):
-        raise ValueError("eps must be >= 0")
+    if not bool(((eps_t >= 0) & torch.isfinite(eps_t)).all()):
+        raise InvalidSettingError(f"pgd: eps must be >= 0 and finite (a pixel-scale radius), got {eps!r}")
     alpha = (2.5 * eps_t / max(steps, 1) if step_size is None
              else torch.as_tensor(step_size, dtype=x.dtype, device=x.device).expand(x.shape[0]))
 
@@ -186,8 +210,65 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
             keep(x_cur.detach(), margin)
     finally:
         model.train(was_training)
-    return AttackResult(x_adv=best_x, success=best_margin < 0, margin=best_margin,
+    success = best_margin < 0
+    if monDEQ:  # the verdict at the truth, not at the attack's loose solves
+        success, best_margin = proven_misclassified(model, best_x, y, tol=tol, dtype=dtype)
+        success, best_margin = success.to(x.device), best_margin.to(x.dtype).to(x.device)
+    return AttackResult(x_adv=best_x, success=success, margin=best_margin,
                         distance=_flat_norm(best_x - x, norm))
+
+
+@torch.no_grad()
+def proven_misclassified(model, x: Tensor, y: Tensor, *, tol: float | None = CERTIFY_TOL,
+                         dtype: torch.dtype | None = CERTIFY_DTYPE) -> tuple[Tensor, Tensor]:
+    r"""Whether the exact network provably misclassifies each example: the attack's verdict
+    judged at the truth, by :func:`certify`'s rule.
+
+    The equilibrium is re-solved at ``tol`` in ``dtype`` (on a copy, as :func:`certify`), and an
+    example counts only if some class beats the label by more than the solver error can explain,
+    :math:`\max_{j \ne y}\,(h_j - h_y - \|H_y - H_j\|_2\,\delta) > 0` with
+    :math:`\|\hat z - z^\star\| \le \delta` (:func:`equilibrium_error_bound`). A certified radius
+    says the exact margin is positive on its ball, so the two can never both hold.
+
+    Args:
+        model: a MonDEQClassifier; x: pixel-scale inputs; y: labels.
+        tol: the re-solve's tolerance, or the layer's own where that is tighter (``None``: the
+            layer's own).
+        dtype: its precision (``None``: the model's).
+
+    Returns:
+        ``(misclassified, margin)``, shape (batch,) each: the verdict, and
+        :math:`h_y - \max_{j \ne y} h_j` at the re-solved state.
+    """
+    if tol is not None:  # never looser than the model's own solve
+        tol = min(tol, model.layer.tol)
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)
+    layer = model.layer
+    xs = model.layer_input(x)
+    was_training = model.training
+    model.eval()
+    try:
+        with solver_settings(layer, tol=tol, max_iter=None if tol is None else max(layer.max_iter, TIGHT_MAX_ITER)):
+            op = layer.linear.operator()
+            z, _ = layer.forward_with_stats(xs)
+            logits = model.logits_from_state(z)
+            delta = equilibrium_error_bound(state_residual(layer, xs, z, op=op), op.m, op.lipschitz())
+    finally:
+        model.train(was_training)
+    y = y.to(logits.device)
+    norms = pairwise_margin_norms(head_matrix(model, differentiable=False).to(torch.float64)).to(logits.device)
+    true = logits.gather(1, y[:, None])
+    beaten = (logits - true).to(torch.float64) - norms[y] * delta.to(torch.float64)[:, None]
+    beaten.scatter_(1, y[:, None], float("-inf"))
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return beaten.amax(dim=1) > 0, true.squeeze(1) - other
+
+
+def _is_mondeq_classifier(model: nn.Module) -> bool:
+    from ..layer import MonDEQ
+
+    return isinstance(getattr(model, "layer", None), MonDEQ) and hasattr(model, "layer_input")
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, epsilons: Iterable[float], *,
@@ -210,6 +291,7 @@ def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, epsilons: Iterable[f
         ``{ε: robust accuracy}``.
     """
     _refuse_normalisation(attack.get("mean"), attack.get("std"), "robust_accuracy")
+    check_batch(x, "robust_accuracy")
     check_labels(y, len(x))
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     with torch.no_grad():

@@ -12,6 +12,16 @@ the state the head actually sees (:func:`equilibrium_error_bound`) and subtracts
 are sound for the exact network whatever the solver tolerance. Tighter solves shrink the slack;
 ``certify(..., tol=1e-6)`` re-solves before certifying.
 
+**One certificate everywhere.** :func:`certify`'s defaults are the rule every entry point uses
+(the API, the training report, ``mondeq certify``): the strongest sound bound that is affordable
+(``bound="auto"``: the joint bound, with diagonal multipliers where that search is cheap; the
+product bound only for a layer too large to build the joint one), every equilibrium re-solved at
+``CERTIFY_TOL`` = 1e-6 in float64 (``CERTIFY_DTYPE``; a float32 solve stalls near 1e-6 at its
+round-off floor). A caller who asks for less (``tol=None``: the layer's own tolerance,
+``dtype=None``: the model's dtype, ``bound="product"``, ``multipliers="scalar"``) gets a
+:class:`Certificate` whose ``bound``, ``multipliers``, ``tol`` and ``dtype`` say so
+(:meth:`Certificate.weaker_than_default`).
+
 Inputs and radii are in pixel scale: the classifier owns its normalisation
 :math:`(x_c - \mu_c)/\sigma_c`, whose Lipschitz constant is :math:`1/s`, :math:`s = \min_c\sigma_c`.
 A radius :math:`r` of the layer's (normalised) input is therefore a radius :math:`s\,r` in pixels;
@@ -19,7 +29,9 @@ A radius :math:`r` of the layer's (normalised) input is therefore a radius :math
 """
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -31,13 +43,19 @@ from splitting.state import batch_norm
 
 from ..errors import InputScaleError, InvalidSettingError
 from ..layer import MonDEQ, solver_settings
-from .checks import check_labels
-from .joint_bound import BOUNDS, joint_radius, pairwise_lipschitz
+from .checks import check_batch, check_classifier, check_epsilons, check_labels
+from .joint_bound import BOUNDS, MULTIPLIERS, joint_radius, pairwise_lipschitz
 from .lipschitz import (head_matrix, layer_lipschitz_bound, margin_lipschitz, pairwise_margin_norms,
                         pixel_scale)
 
 #: Iteration cap used when :func:`certify` re-solves at a tighter tolerance and none is given.
 TIGHT_MAX_ITER = 2000
+#: The one rule (module docstring): tolerance, precision, bound and multipliers of every certificate.
+CERTIFY_TOL = 1e-6
+CERTIFY_DTYPE = torch.float64
+CERTIFY_BOUND = "auto"
+CERTIFY_MULTIPLIERS = "auto"
+CERTIFY_BOUNDS = ("auto", *BOUNDS)
 
 
 def certified_radius(logits: Tensor, labels: Tensor, margin_lip: Tensor, *,
@@ -151,6 +169,12 @@ class Certificate:
         bound: the margin constants used: ``"product"`` (‖H_y − H_j‖·‖U‖₂/(m·s)) or ``"joint"``
             (:func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`; then each margin pays
             ‖H_y − H_j‖·δ and ``slack`` is the clamped radius lost to it).
+        multipliers: the joint bound's multipliers, ``"diagonal"`` or ``"scalar"`` (``None`` with
+            the product bound).
+        tol: the tolerance the certified equilibria were solved at (the layer's own when
+            :func:`certify` got ``tol=None``).
+        dtype: the precision of those solves and of the logits, e.g. ``"float64"``.
+        default_constants: ``(bound, multipliers)`` that the default rule gives this model.
     """
 
     radius: Tensor
@@ -165,6 +189,32 @@ class Certificate:
     forward_iterations: float
     certified: dict[float, float]
     bound: str = "product"
+    multipliers: str | None = None
+    tol: float | None = None
+    dtype: str | None = None
+    default_constants: tuple[str, str | None] = ("product", None)
+
+    def describe(self) -> str:
+        """The certificate in words, e.g. ``joint bound (diagonal multipliers), float64 solves
+        at tol 1e-06``."""
+        kind = f"{self.bound} bound" + (f" ({self.multipliers} multipliers)" if self.multipliers else "")
+        return f"{kind}, {self.dtype} solves at tol {self.tol:g}"
+
+    def weaker_than_default(self) -> list[str]:
+        """How this certificate is weaker than :func:`certify`'s default one (empty: it is that
+        one, or as strong): e.g. ``["tol 0.01 (default 1e-06)"]``. The bound and multipliers
+        count only when the default would have given better ones for this model."""
+        out = []
+        if self.tol is not None and self.tol > CERTIFY_TOL:
+            out.append(f"tol {self.tol:g} (default {CERTIFY_TOL:g})")
+        if self.dtype is not None and self.dtype != str(CERTIFY_DTYPE).removeprefix("torch."):
+            out.append(f"{self.dtype} solves (default {str(CERTIFY_DTYPE).removeprefix('torch.')})")
+        bound, multipliers = self.default_constants
+        if self.bound != bound:
+            out.append(f"{self.bound} bound (default {bound})")
+        elif multipliers is not None and self.multipliers != multipliers:
+            out.append(f"{self.multipliers} multipliers (default {multipliers})")
+        return out
 
     @property
     def correct(self) -> Tensor:
@@ -177,9 +227,10 @@ class Certificate:
 
 
 @torch.no_grad()
-def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[float] = (),
-            tol: float | None = None, max_iter: int | None = None, batch_size: int | None = 1000,
-            input_scale: None = None, bound: str = "product", multipliers: str = "auto") -> Certificate:
+def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[float] | float = (),
+            tol: float | None = CERTIFY_TOL, max_iter: int | None = None, batch_size: int | None = 1000,
+            dtype: torch.dtype | None = CERTIFY_DTYPE, bound: str = CERTIFY_BOUND,
+            multipliers: str = CERTIFY_MULTIPLIERS, input_scale: None = None) -> Certificate:
     r"""Sound per-example certified ℓ2 radii, in pixel scale, of a :class:`~mondeq.models.MonDEQClassifier`.
 
     The layer returns the solver's state :math:`\hat z` and the head reads it; the residual
@@ -191,61 +242,80 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     :math:`s = \min_c\sigma_c` of the classifier's normalisation, which gives a pixel radius:
 
     .. math:: r_{\text{pixel}} = s\,\Big(\min_{j \ne y}
-              \frac{h_y - h_j}{\|H_y - H_j\|_2\,\|U\|_2/m} - \frac{\delta\,m}{\|U\|_2}\Big)_+ .
+              \frac{h_y - h_j}{\|H_y - H_j\|_2\,\|U\|_2/m} - \frac{\delta\,m}{\|U\|_2}\Big)_+
 
-    Works for every layer through ``input_norm()``, ``operator()`` and the head matrix.
+    (product bound; the joint bound divides by :math:`\Gamma_{yj}` instead). The defaults are the
+    one rule of every entry point (module docstring); ``model`` itself is left as it was (a
+    ``dtype`` other than its own certifies a copy; the constants are computed in float64 from its
+    parameters either way).
 
     Args:
         model: a MonDEQClassifier (any layer type).
         x: inputs in pixel scale (the classifier normalises them), shape (batch, ...).
         y: integer labels, shape (batch,); ``None`` certifies the predicted class.
-        epsilons: pixel-scale radii at which to report certified accuracy.
-        tol: re-solve at this relative tolerance (e.g. 1e-6) instead of the layer's own, to shrink
-            the slack. Soundness does not depend on it: an unconverged solve only costs radius.
+        epsilons: pixel-scale radii (≥ 0; one number or several) at which to report certified
+            accuracy.
+        tol: re-solve every equilibrium at this relative tolerance (default ``CERTIFY_TOL``);
+            ``None``: the layer's own. Soundness does not depend on it: a looser solve only costs
+            radius (the slack).
         max_iter: iteration cap for that solve (default: ``TIGHT_MAX_ITER`` when ``tol`` is given).
         batch_size: examples per solve, ≥ 1 (``None``: all at once).
-        input_scale: refused: the model owns its normalisation, radii are in pixels.
-        bound: ``"product"`` or ``"joint"``, the tighter joint constants of
-            :mod:`~mondeq.robustness.joint_bound` (never larger; same solver slack per margin).
+        dtype: precision of the solves and logits (default float64); ``None``: the model's.
+        bound: ``"auto"`` (the joint bound, or the product bound where the joint one cannot be
+            built), ``"joint"`` (:mod:`~mondeq.robustness.joint_bound`, never larger) or
+            ``"product"``.
         multipliers: the joint bound's multipliers (:func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`):
-            ``"auto"``, ``"scalar"`` (fast: the constants the joint training loss uses) or ``"diagonal"``.
+            ``"auto"`` (diagonal where that search is cheap), ``"scalar"`` (fast: the constants the
+            joint training loss uses) or ``"diagonal"``.
+        input_scale: refused: the model owns its normalisation, radii are in pixels.
 
     Returns:
-        a :class:`Certificate`.
+        a :class:`Certificate` (its ``bound``, ``multipliers``, ``tol`` and ``dtype`` say which
+        certificate it is).
 
     Raises:
         NonAffineReadoutError: the classifier's readout or head is not known to be affine
             (the radius formula needs ``logits = H z + c``).
+        ClassifierTypeError: ``model`` is not a classifier (e.g. ``model.layer``).
         InputShapeError: ``x``'s examples do not have the classifier's input size.
+        StateShapeError: an empty batch (as the model itself).
         LabelError: labels not integer, not one per example, or out of range.
-        InvalidSettingError: ``batch_size`` below 1.
+        InvalidSettingError: ``batch_size`` below 1, a negative or non-finite ε, an unknown
+            ``bound`` or ``multipliers``, a non-positive ``tol``.
         InputScaleError: ``input_scale`` given.
-
-    Note:
-        Rounding is not accounted for: in float32 the logits carry relative errors near 1e-7, so
-        certify in float64 (``model.double()``) when tiny margins matter.
     """
     if input_scale is not None:
         raise InputScaleError(
             "certify no longer takes input_scale: the classifier owns its input normalisation "
             "(mondeq.build_model gives it its dataset's), so pass pixel-scale inputs and read radii "
             "and ε in pixels; for a model built without one, give fc_mondeq(..., mean=, std=)")
+    check_classifier(model, "certify")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise InvalidSettingError(f"certify: batch_size must be a whole number ≥ 1 (or None for one "
                                   f"batch), got {batch_size!r}")
-    if bound not in BOUNDS:
-        raise InvalidSettingError(f"certify: bound must be one of {BOUNDS}, got {bound!r}")
+    if bound not in CERTIFY_BOUNDS:
+        raise InvalidSettingError(f"certify: bound must be one of {CERTIFY_BOUNDS}, got {bound!r}")
+    if multipliers not in MULTIPLIERS:
+        raise InvalidSettingError(f"certify: multipliers must be one of {MULTIPLIERS}, got {multipliers!r}")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf):
+        raise InvalidSettingError(f"certify: tol must be > 0 and finite (or None: the layer's own), got {tol!r}")
+    epsilons = check_epsilons(epsilons, "certify")
+    check_batch(x, "certify")
+    original = model
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)
     layer: MonDEQ = model.layer
     linear = layer.linear
     x = model.layer_input(x)  # checks the shape, normalises: what the layer sees
-    head = head_matrix(model, differentiable=False)
+    head = head_matrix(original, differentiable=False)
     if y is not None:
         y = check_labels(y, len(x), head.shape[0])
+    gamma, used, default = certificate_constants(original, bound, multipliers)
     was_training = model.training
     model.eval()
-    lipschitz = layer_lipschitz_bound(layer)  # layer scale; radii are converted by s below
-    scale = pixel_scale(model)
+    lipschitz = layer_lipschitz_bound(original)  # layer scale; radii are converted by s below
+    scale = pixel_scale(original)
     op = linear.operator()
     op_lipschitz = linear.cached("operator_lipschitz", op.lipschitz)
     margin_lip = margin_lipschitz(head, lipschitz)
@@ -256,6 +326,7 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
     iterations = []
     try:
         with solver_settings(layer, tol=tol, max_iter=max_iter):
+            solved_tol = layer.tol
             for start in range(0, len(x), size):
                 xb = x[start:start + size]
                 z, stats = layer.forward_with_stats(xb)
@@ -272,18 +343,57 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
                 iterations.append(stats.forward.iterations)
     finally:
         model.train(was_training)
-    cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+    cat = {k: torch.cat(v) for k, v in parts.items()}
     slack = cat["delta"] / lipschitz * scale
     radius_unsound = cat["r0"] * scale
     radius = (radius_unsound - slack).clamp(min=0).nan_to_num(nan=0.0)  # NaN: a diverged solve
-    if bound == "joint" and len(x):
-        gamma, norms = pairwise_lipschitz(model, multipliers=multipliers), pairwise_margin_norms(head.to(torch.float64))
+    if used[0] == "joint":
+        norms = pairwise_margin_norms(head.to(torch.float64))
         radius_unsound = joint_radius(cat["logits"], cat["label"], gamma, norms).to(radius.dtype)
         radius = joint_radius(cat["logits"], cat["label"], gamma, norms, cat["delta"]).to(radius.dtype)
         slack = radius_unsound - radius
-    epsilons = list(epsilons)
     return Certificate(radius=radius, prediction=cat["pred"], label=cat["label"],
                        radius_unsound=radius_unsound, slack=slack, state_error=cat["delta"],
                        residual=cat["res"], lipschitz=lipschitz / scale, pixel_scale=scale,
                        forward_iterations=sum(iterations) / max(len(iterations), 1),
-                       certified=certified_accuracy(radius, epsilons), bound=bound)
+                       certified=certified_accuracy(radius, epsilons), bound=used[0],
+                       multipliers=used[1], tol=solved_tol,
+                       dtype=str(x.dtype).removeprefix("torch."), default_constants=default)
+
+
+def certificate_constants(model, bound: str = CERTIFY_BOUND, multipliers: str = CERTIFY_MULTIPLIERS
+                          ) -> tuple[Tensor | None, tuple[str, str | None], tuple[str, str | None]]:
+    """The margin constants :func:`certify` divides by, which ones they are, and which ones the
+    default rule gives this model (its multipliers ``None`` where not computed).
+
+    Returns:
+        ``(gamma, (bound, multipliers), (default bound, default multipliers))``: ``gamma`` the
+        (K, K) joint constants, ``None`` for the product bound (whose radii
+        :func:`certified_radius` computes from K directly).
+
+    Raises:
+        InvalidSettingError: ``bound="joint"`` on a layer whose joint bound cannot be built.
+    """
+    if bound == "product":
+        return None, ("product", None), ("joint", None)
+    try:
+        used = _resolve_multipliers(model, multipliers)
+        gamma = pairwise_lipschitz(model, multipliers=multipliers)
+    except InvalidSettingError:  # no block structure and too large to build densely
+        if bound == "joint":
+            raise
+        return None, ("product", None), ("product", None)
+    default = used if multipliers == CERTIFY_MULTIPLIERS else None
+    return gamma, ("joint", used), ("joint", default)
+
+
+def _resolve_multipliers(model, multipliers: str) -> str:
+    """``"scalar"`` or ``"diagonal"``: what :func:`~mondeq.robustness.joint_bound.pairwise_lipschitz`
+    uses for ``multipliers`` on this model."""
+    if multipliers == "scalar":
+        return "scalar"
+    from .joint_bound import _use_diagonal, joint_spectrum  # its "auto" rule, not a copy of it
+
+    k = head_matrix(model, differentiable=False).shape[0]
+    return "diagonal" if _use_diagonal(model, joint_spectrum(model), k * (k - 1) // 2, multipliers) else "scalar"
+

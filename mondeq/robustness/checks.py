@@ -1,10 +1,60 @@
 """Checks on what users pass to certificates and attacks, so that a wrong label reads as one."""
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Iterable
+
 import torch
 from torch import Tensor
 
-from ..errors import LabelError
+from ..errors import ClassifierTypeError, InvalidSettingError, LabelError, StateShapeError
+
+
+def check_classifier(model: object, where: str) -> None:
+    """Raise :class:`ClassifierTypeError` unless ``model`` is a classifier with a monDEQ layer (a
+    :class:`~mondeq.models.MonDEQClassifier`), naming what to pass instead."""
+    from ..layer import MonDEQ  # robustness is imported by the layer's package
+
+    if isinstance(getattr(model, "layer", None), MonDEQ) and hasattr(model, "layer_input"):
+        return
+    if isinstance(model, MonDEQ):
+        raise ClassifierTypeError(f"{where} takes the classifier (the model whose .layer this is), not "
+                                  f"its MonDEQ layer: radii need the head's logits; pass the model itself")
+    raise ClassifierTypeError(f"{where} takes a monDEQ classifier (mondeq.MonDEQClassifier, e.g. from "
+                              f"mondeq.build_model or mondeq.load_run), got {type(model).__name__}")
+
+
+def check_batch(x: object, where: str) -> None:
+    """Raise :class:`StateShapeError` for an empty batch (as the model itself does), or
+    :class:`InputDTypeError` for something that is not a tensor."""
+    if not isinstance(x, Tensor):
+        from ..errors import InputDTypeError
+
+        raise InputDTypeError(f"{where} takes a tensor of pixel-scale images, got {type(x).__name__}")
+    if x.ndim == 0 or len(x) == 0:
+        raise StateShapeError(f"{where}: the input is an empty batch (shape {tuple(x.shape)}); pass at "
+                              f"least one example")
+
+
+def check_epsilons(epsilons: object, where: str) -> list[float]:
+    """``epsilons`` as a list of floats: one number or an iterable of them, each ≥ 0 and finite.
+
+    Raises:
+        InvalidSettingError: a negative, non-finite or non-numeric radius.
+    """
+    values: Iterable = [epsilons] if isinstance(epsilons, (numbers.Real, Tensor)) and (
+        not isinstance(epsilons, Tensor) or epsilons.ndim == 0) else epsilons
+    try:
+        out = [float(e) for e in values]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidSettingError(f"{where}: epsilons must be a number or a list of numbers (pixel-scale "
+                                  f"ℓ2 radii), got {epsilons!r}") from None
+    bad = [e for e in out if not 0 <= e < math.inf]
+    if bad:
+        raise InvalidSettingError(f"{where}: every ε must be ≥ 0 and finite (a pixel-scale ℓ2 radius), "
+                                  f"got {bad}")
+    return out
 
 
 def check_labels(y: object, batch: int, classes: int | None = None, *, what: str = "labels") -> Tensor:

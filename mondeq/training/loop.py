@@ -277,7 +277,8 @@ def _train_epoch(model, optimizer, data, *, steps, scheduler, desc, loss_fn, on_
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
              certify_tol: float | None = None, epsilons: Sequence[float] = (),
-             bound: str = "product") -> Evaluation:
+             bound: str = "product", multipliers: str = "scalar",
+             dtype: torch.dtype | None = None) -> Evaluation:
     """Clean accuracy, mean iterations, the Lipschitz bound and sound certified radii.
 
     Radii come from :func:`mondeq.certify`: they account for the solver's error, so they
@@ -292,8 +293,11 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
         certify_tol: re-solve at this tolerance before certifying (``None``: the layer's own).
             Accuracy and iterations are always those of the layer's own settings.
         epsilons: pixel-scale radii at which certified accuracy (radius > ε) is counted.
-        bound: ``"product"`` or ``"joint"`` (scalar multipliers: the constants the joint training
-            loss uses; :func:`mondeq.certify`).
+        bound: ``"product"``, ``"joint"`` or ``"auto"`` (:func:`mondeq.certify`).
+        multipliers, dtype: :func:`mondeq.certify`'s, for the re-solve at ``certify_tol`` (the
+            figures at the layer's own solve always use scalar multipliers, in the model's dtype:
+            the constants the joint training loss uses). The training report passes
+            :func:`mondeq.certify`'s defaults, so its certificate is the API's and the command's.
     """
     model = unwrap(model)
     device = _model_device(model)
@@ -307,8 +311,8 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
     eps = torch.tensor(epsilons, dtype=torch.float64, device=device)
     for x, y in data:
         x, y = _to(x, device), _to(y, device)
-        cert, fails = _failed_solves(lambda: certify(model, x, y, batch_size=None, bound=bound,
-                                                     multipliers="scalar"))
+        cert, fails = _failed_solves(lambda: certify(model, x, y, tol=None, dtype=None, batch_size=None,
+                                                     bound=bound, multipliers="scalar"))
         failed += fails
         correct += cert.correct.sum()
         seen += len(y)
@@ -316,7 +320,7 @@ def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
         batches_seen += 1
         if certify_tol is not None:
             cert, fails = _failed_solves(lambda: certify(model, x, y, tol=certify_tol, batch_size=None,
-                                                         bound=bound, multipliers="scalar"))
+                                                         bound=bound, multipliers=multipliers, dtype=dtype))
             certify_failed += fails
         radius = cert.radius.to(torch.float64)
         certified += (radius[:, None] > eps[None, :]).sum(0)
