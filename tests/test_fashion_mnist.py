@@ -163,3 +163,18 @@ def test_a_copy_in_torchvisions_layout_reads_the_same(tmp_path: Path) -> None:
     got = load_dataset("fashion-mnist", tmp_path, train=False)
     want = load_fashion_mnist(REAL[0], train=False)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_the_train_command_takes_fashion_mnist(tmp_path: Path, no_system_copy: Path) -> None:
+    """``mondeq train --dataset fashion-mnist`` trains on the files and the run rebuilds with the
+    dataset's normalisation (what the reproduce rows and the pretrained models rely on)."""
+    from mondeq.cli import train
+    from mondeq.models import load_run
+
+    write_idx_pair(tmp_path / "data" / "fashion-mnist", 48, seed=8)
+    train.main(["--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data"), "--epochs", "1",
+                "--hidden", "8", "--batch-size", "16", "--epsilons", "0.1", "--out", str(tmp_path / "run")])
+    model = load_run(tmp_path / "run")
+    assert model.run_config["dataset"] == "fashion-mnist"
+    assert model.normalization.mean.tolist() == [FASHION_MNIST_MEAN]
+    assert model.normalization.std.tolist() == [FASHION_MNIST_STD]

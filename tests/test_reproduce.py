@@ -35,10 +35,14 @@ def _value(cmd: list[str], flag: str) -> list[str]:
 
 def test_rows_are_the_papers(reproduce) -> None:
     rows = reproduce.ROWS
-    assert list(rows) == ["mnist-fc", "mnist-conv", "mnist-multitier", "svhn-conv", "svhn-multitier",
-                          "cifar10-conv", "cifar10-multitier", "cifar10-aug-conv",
-                          "cifar10-aug-multitier", "mnist-certified-fc-0.3", "mnist-certified-fc-1.58",
-                          "cifar10-certified-conv"]
+    assert list(rows)[:12] == ["mnist-fc", "mnist-conv", "mnist-multitier", "svhn-conv", "svhn-multitier",
+                               "cifar10-conv", "cifar10-multitier", "cifar10-aug-conv",
+                               "cifar10-aug-multitier", "mnist-certified-fc-0.3", "mnist-certified-fc-1.58",
+                               "cifar10-certified-conv"]
+    fashion = [name for name in rows if name.startswith("fashion-mnist-")]  # not the paper's
+    assert fashion == list(rows)[12:] and {rows[n].model for n in fashion} == {"fc", "conv", "multitier"}
+    assert {rows[n].certified_eps for n in fashion} == {None, 0.1, 0.3}
+    assert all(rows[n].paper is None and rows[n].dataset == "fashion-mnist" for n in fashion)
     expected = {  # row: (width, paper accuracy)
         "mnist-fc": ((87,), 98.1), "mnist-conv": ((54,), 99.1), "mnist-multitier": ((16, 32, 32), 99.0),
         "svhn-conv": ((81,), 88.7), "svhn-multitier": ((16, 32, 60), 92.4),
