@@ -78,6 +78,8 @@ class MonotoneParametrisation(nn.Module, ABC):
 
         return probed_structure(self, input_scale=input_scale)
 
+    block_structure.probes = True  # the fallback (operators.structure.has_own_structure reads it)
+
     def cached(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, memoised until a parameter changes.
 
@@ -114,3 +116,15 @@ class MonotoneParametrisation(nn.Module, ABC):
                 f"input has shape {tuple(x.shape)}; expected (batch, {', '.join(map(str, self.input_shape))})")
         if x.shape[0] == 0:
             raise StateShapeError("input is an empty batch (0 samples); pass at least one sample")
+
+
+def check_sizes(where: str, *, minimum: int = 1, **sizes: object) -> None:
+    """Raise :class:`~mondeq.errors.InvalidSettingError` unless every size is a whole number
+    ≥ ``minimum`` (before torch fails on a negative dimension or a zero one divides by zero)."""
+    import numbers
+
+    from .errors import InvalidSettingError
+
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise InvalidSettingError(f"{where}: {name} must be a whole number ≥ {minimum}, got {value!r}")

@@ -57,3 +57,97 @@ def test_every_library_file_is_at_most_400_lines() -> None:
             for folder in ("mondeq", "splitting") for path in sorted((ROOT / folder).rglob("*.py"))
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines (split them along concepts): {long}"
+
+
+FAMILIES = ("MonotoneLinear", "MonotoneConv", "MonotoneMultiTier", "ConvOperator", "MultiTierOperator")
+
+
+def test_no_code_outside_operators_asks_which_operator_family_it_holds() -> None:
+    """Structure is a method of the family (``block_structure()``), not an isinstance switch."""
+    offenders = {}
+    for path in sorted((ROOT / "mondeq").rglob("*.py")):
+        if (ROOT / "mondeq" / "operators") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass"):
+                names = {n.id if isinstance(n, ast.Name) else getattr(n, "attr", None)
+                         for n in ast.walk(node.args[1])} if len(node.args) > 1 else set()
+                if names & set(FAMILIES):
+                    offenders.setdefault(str(path.relative_to(ROOT)), []).append(node.lineno)
+    assert not offenders, f"isinstance on an operator family outside mondeq/operators/: {offenders}"
+
+
+def _module_imports(path: Path, package: str, own: str) -> set[str]:
+    """The mondeq modules ``path`` (in ``package``) imports, resolved to files' dotted names.
+
+    What runs, and when: an import at module level also runs the ``__init__`` of every package
+    above the imported module (``from ..models.readouts import x`` runs ``models/__init__``); an
+    import inside a function runs at call time, when the packages are loaded, so it adds the
+    module alone; imports under ``if TYPE_CHECKING:`` (types only) add nothing. The packages
+    holding ``own`` (the importing module) are being loaded already and add nothing either."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+    lazy = {id(n) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        before = set(found)
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[:len(parts) - node.level]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            for alias in node.names:  # `from pkg import submodule` imports the submodule
+                sub = f"{module}.{alias.name}"
+                found.add(sub if _module_path(sub) else module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        if id(node) not in lazy:  # the packages above each module imported at import time
+            for name in found - before:
+                parts = name.split(".")
+                found.update(p for k in range(2, len(parts))
+                             if not (own + ".").startswith((p := ".".join(parts[:k])) + "."))
+    return {name for name in found if name.split(".")[0] == "mondeq" and _module_path(name) and name != own}
+
+
+def _module_path(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+#: Edges left to cut (module → module it runs at import time), each with its reason. models/run.py
+#: imports training.checkpoint at module level, which runs training/__init__ → loop → robustness
+#: → models: cut it by importing mondeq.training.checkpoint inside load_run.
+KNOWN_EDGES = {("mondeq.models.run", "mondeq.training")}
+
+
+def test_no_import_cycle_in_mondeq() -> None:
+    graph = {}
+    for path in sorted((ROOT / "mondeq").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else ".".join(rel.parts[:-1])
+        graph[name] = {n for n in _module_imports(path, package + ".x", name) if (name, n) not in KNOWN_EDGES}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            raise AssertionError("import cycle: " + " → ".join(cycle))

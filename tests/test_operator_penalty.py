@@ -10,6 +10,7 @@ from mondeq.errors import InvalidSettingError
 from mondeq.training import train_epoch
 from mondeq.training.checkpoint import read_checkpoint
 from mondeq.training.regularisers import OperatorNormPenalty, operator_norm
+from test_structure import Unstructured
 
 LAYERS = {
     "dense": lambda: MonotoneLinear(6, 7, m=0.5),
@@ -52,7 +53,7 @@ def _directional_check(linear, value_and_grad, *, h=1e-6, rtol=1e-6):
     assert analytic == pytest.approx(numeric, rel=rtol, abs=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("kind", ["dense", "conv", "multitier"])
 def test_exact_norm_is_the_dense_norm_and_its_gradient_matches_finite_differences(kind):
     linear = _scaled(LAYERS[kind]())
     assert float(operator_norm(linear).detach()) == pytest.approx(_dense_norm(linear), rel=1e-12)
@@ -70,7 +71,8 @@ def test_power_estimate_converges_to_the_norm_with_the_same_gradient(kind):
 
 def test_power_estimate_approaches_from_below_and_warm_starts():
     linear = _scaled(LAYERS["multitier"]())
-    penalty = OperatorNormPenalty(linear, 1.0)  # multitier: 2 power steps a call by default
+    assert OperatorNormPenalty(linear, 1.0).exact  # small blocks: the exact norm by default
+    penalty = OperatorNormPenalty(linear, 1.0, iterations=2)
     assert penalty.iterations == 2
     exact = _dense_norm(linear)
     estimates = [float(penalty.norm().detach()) for _ in range(40)]
@@ -117,8 +119,9 @@ def test_bad_settings_are_refused():
         OperatorNormPenalty(LAYERS["dense"](), -1.0)
     with pytest.raises(InvalidSettingError, match="iterations"):
         OperatorNormPenalty(LAYERS["dense"](), 1.0, iterations=-1)
-    with pytest.raises(InvalidSettingError, match="power iteration"):
-        operator_norm(LAYERS["multitier"]())
+    with pytest.raises(InvalidSettingError, match="block_structure"):
+        operator_norm(Unstructured())
+    assert OperatorNormPenalty(Unstructured(), 1.0).iterations == 2  # too large to probe: power steps
 
 
 def test_cli_refuses_a_negative_penalty(capsys):

@@ -10,6 +10,7 @@ import mondeq
 from mondeq import MonDEQ, MonotoneConv, MonotoneLinear, weight_lipschitz_bound
 from mondeq.errors import InvalidSettingError
 from splitting import LeakyReLU, ReLU, Sigmoid, Tanh
+from test_structure import Unstructured
 
 TIGHT = {"tol": 1e-12, "max_iter": 5000}
 
@@ -25,10 +26,10 @@ def _perturb(layer: MonDEQ, scale: float, *, only: str | None = None, seed: int 
 
 
 def _moved(layer: MonDEQ, other: MonDEQ, x: torch.Tensor) -> torch.Tensor:
-    (z,), s = layer.forward_with_stats(x)
-    (z2,), s2 = other.forward_with_stats(x)
+    z, s = layer.forward_with_stats(x)
+    z2, s2 = other.forward_with_stats(x)
     assert s.forward.converged and s2.forward.converged
-    return (z - z2).reshape(len(x), -1).norm(dim=1)
+    return torch.cat([(t - t2).reshape(len(x), -1) for t, t2 in zip(z, z2)], 1).norm(dim=1)
 
 
 def _dense(prox, n_in=20, n=16, m=0.5) -> MonDEQ:
@@ -39,7 +40,11 @@ def _conv(prox) -> MonDEQ:
     return MonDEQ(MonotoneConv(2, 3, 6, m=0.5, dtype=torch.float64), prox, **TIGHT)
 
 
-@pytest.mark.parametrize("build", [_dense, _conv], ids=["dense", "conv"])
+def _multitier(prox) -> MonDEQ:
+    return MonDEQ(mondeq.MonotoneMultiTier(2, (2, 3), 4, m=0.5, dtype=torch.float64), prox, **TIGHT)
+
+
+@pytest.mark.parametrize("build", [_dense, _conv, _multitier], ids=["dense", "conv", "multitier"])
 @pytest.mark.parametrize("prox", [ReLU(), Tanh(), Sigmoid()], ids=["relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("scale", [1e-3, 0.1])
 def test_equilibrium_moves_less_than_the_weight_bound(build, prox, scale):
@@ -139,6 +144,6 @@ def test_refuses_different_networks():
         weight_lipschitz_bound(layer, _dense(Tanh()), torch.randn(2, 20))
     with pytest.raises(InvalidSettingError, match="architectures"):
         weight_lipschitz_bound(layer, _dense(ReLU(), n=8), torch.randn(2, 20))
-    multitier = MonDEQ(mondeq.MonotoneMultiTier(1, (2, 2), 8, dtype=torch.float64))
-    with pytest.raises(InvalidSettingError, match="MonotoneMultiTier"):
-        weight_lipschitz_bound(multitier, copy.deepcopy(multitier), torch.randn(2, 1, 8, 8))
+    large = MonDEQ(Unstructured())  # no block structure of its own, too large to probe
+    with pytest.raises(InvalidSettingError, match="block_structure"):
+        weight_lipschitz_bound(large, copy.deepcopy(large), torch.randn(2, 2, dtype=torch.float64))

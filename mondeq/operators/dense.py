@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from splitting import DenseOperator, State
 
-from ..parametrisation import MonotoneParametrisation
+from ..parametrisation import MonotoneParametrisation, check_sizes
 from .structure import BlockStructure, expand_input_scale, single_block
 
 
@@ -27,6 +27,7 @@ class MonotoneLinear(MonotoneParametrisation):
     def __init__(self, in_features: int, out_features: int, *, m: float = 1.0,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(m)
+        check_sizes("MonotoneLinear", in_features=in_features, out_features=out_features)
         kw = {"dtype": dtype, "device": device}
         self.input_shape = (in_features,)
         self.U = nn.Linear(in_features, out_features, **kw)
@@ -51,8 +52,9 @@ class MonotoneLinear(MonotoneParametrisation):
         return torch.linalg.matrix_norm(self.U.weight, ord=2)
 
     def block_structure(self, *, input_scale: Tensor | None = None) -> BlockStructure:
-        r"""One block in the standard basis: factor F, skew part :math:`G - G^\top`, and
-        :math:`UD` (one multiplier per hidden unit)."""
+        r"""One block in the standard basis: factor F, skew part :math:`G - G^\top`, :math:`I - W`
+        from :meth:`weight` when asked for, and :math:`UD` (one multiplier per hidden unit)."""
         u = self.U.weight
+        eye = torch.eye(self.F.shape[0], dtype=self.F.dtype, device=self.F.device)
         return single_block(self.m, u * expand_input_scale(input_scale, u.shape[1], u),
-                            factor=self.F, skew=self.G - self.G.T)
+                            factor=self.F, skew=self.G - self.G.T, identity_minus_w=lambda: eye - self.weight())

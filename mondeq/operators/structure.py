@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from ..parametrisation import MonotoneParametrisation
 
 __all__ = ["DENSE_LIMIT", "BlockStructure", "expand_input_scale", "float64_structure",
-           "probed_structure", "single_block", "structure_in_dtype"]
+           "has_own_structure", "probed_structure", "single_block", "structure_available",
+           "structure_in_dtype"]
 
 #: Largest state (or input) size for which a parametrisation without its own structure is probed.
 DENSE_LIMIT = 4096
@@ -76,8 +77,9 @@ class BlockStructure:
             ``None`` (then ``identity_minus_w`` is given).
         skew: blocks :math:`K_b` (skew-Hermitian) ``(blocks, d, d)``, or ``None`` for
             :math:`K = 0`; only with ``factor``.
-        identity_minus_w: blocks :math:`X_b` of :math:`I - W` ``(blocks, d, d)``, when the family
-            builds them directly (else :meth:`identity_minus_w_blocks` forms them from ``factor``).
+        identity_minus_w: blocks :math:`X_b` of :math:`I - W` ``(blocks, d, d)``, or a function
+            of no argument returning them (built on first use), when the family builds them
+            directly (else :meth:`identity_minus_w_blocks` forms them from ``factor``).
     """
 
     margin: float
@@ -87,7 +89,7 @@ class BlockStructure:
     unit: Tensor
     factor: Tensor | None = None
     skew: Tensor | None = None
-    identity_minus_w: Tensor | None = None
+    identity_minus_w: Tensor | Callable[[], Tensor] | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,8 +109,11 @@ class BlockStructure:
 
     def identity_minus_w_blocks(self) -> Tensor:
         r""":math:`X_b = mI + F_b^HF_b + K_b` (or the given blocks), ``(blocks, d, d)``, memoised."""
-        if self.identity_minus_w is not None:
-            return self.identity_minus_w
+        given = self.identity_minus_w
+        if isinstance(given, Tensor):
+            return given
+        if "x" not in self._memo and given is not None:
+            self._memo["x"] = given()
         if "x" not in self._memo:
             f = self.factor
             x = self.margin * _eye(f.shape[-1], f) + f.mH @ f
@@ -159,10 +164,16 @@ class BlockStructure:
 
 
 def single_block(margin: float, input_map: Tensor, *, factor: Tensor | None = None,
-                 skew: Tensor | None = None, identity_minus_w: Tensor | None = None) -> BlockStructure:
+                 skew: Tensor | None = None,
+                 identity_minus_w: Tensor | Callable[[], Tensor] | None = None) -> BlockStructure:
     """One block in the standard basis (dense layers, the probed fallback): ``input_map`` ``(n, r)``,
-    ``factor`` ``(e, n)``, ``skew`` / ``identity_minus_w`` ``(n, n)``; one multiplier per unit."""
-    lift = lambda t: None if t is None else t[None]  # noqa: E731
+    ``factor`` ``(e, n)``, ``skew`` / ``identity_minus_w`` ``(n, n)`` (or its function); one
+    multiplier per unit."""
+    def lift(t):
+        if callable(t) and not isinstance(t, Tensor):
+            return lambda: t()[None]
+        return None if t is None else t[None]
+
     n = input_map.shape[0]
     return BlockStructure(margin, input_map[None], torch.ones(1, dtype=input_map.real.dtype,
                                                                  device=input_map.device),
@@ -207,6 +218,29 @@ def probed_structure(linear: "MonotoneParametrisation", *,
     u = (flat(probe) - flat(torch.zeros_like(probe[:1]))).T  # (n, n_in)
     u = u * expand_input_scale(input_scale, n_in, u)
     return single_block(linear.m, u, identity_minus_w=_eye(n, w) - w)
+
+
+def has_own_structure(linear: "MonotoneParametrisation") -> bool:
+    """Whether ``linear``'s family implements ``block_structure`` (rather than the probed fallback)."""
+    return not getattr(type(linear).block_structure, "probes", False)
+
+
+def structure_available(linear: "MonotoneParametrisation", *, raise_error: bool = False) -> bool:
+    """Whether ``linear.block_structure()`` will succeed: the family has its own, or the layer is
+    small enough to probe (:data:`DENSE_LIMIT`).
+
+    Raises:
+        StructureTooLargeError: when it will not and ``raise_error`` is set.
+    """
+    if has_own_structure(linear):
+        return True
+    n = sum(math.prod(s) for s in linear.operator().state_shape)
+    n_in = math.prod(linear.input_shape)
+    if max(n, n_in) <= DENSE_LIMIT:
+        return True
+    if raise_error:
+        raise StructureTooLargeError(type(linear).__name__, n, n_in, DENSE_LIMIT)
+    return False
 
 
 def structure_in_dtype(linear: "MonotoneParametrisation", dtype: torch.dtype, *,

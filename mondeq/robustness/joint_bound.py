@@ -42,9 +42,13 @@ minimum is found by bisection on the derivative. Then
 constant squared. :func:`pairwise_lipschitz` evaluates :math:`\tau_0` too and returns the
 minimum of both constants (each sound), so joint ≤ product always.
 
-**Exactness.** S, P and c are split into exact blocks in a unitary basis
-(:mod:`.joint_groups`: one block for dense layers, one per frequency for a convolution, one per
-alias group for multi-tier layers). The decompositions run in float64 on blocks with
+**Exactness.** S, P and c are split into exact blocks in a unitary basis, read from the layer's
+:meth:`~mondeq.parametrisation.MonotoneParametrisation.block_structure`
+(:mod:`mondeq.operators.structure`: one block for dense layers, one per frequency for a
+convolution, one per alias group for multi-tier layers, a probed dense block for a layer
+without its own). Zero padding of a convolution's input is an isometry :math:`E`; the circular
+:math:`U` on the padded grid gives :math:`P \succeq UEE^\top U^\top`, which only enlarges the
+bound (sound, exact for ``padding=0``). The decompositions run in float64 on blocks with
 :math:`\mathrm{cond}(S) \le \|I - W\|_2/m`; :math:`\tau` is kept below
 :math:`(1 - 10^{-6})/\theta_{\max}` and :math:`\gamma^2` raised by a relative :math:`10^{-9}`,
 margins far above float64 rounding of these decompositions (the library's convention for
@@ -67,8 +71,8 @@ from torch import Tensor
 from splitting import HardTanh, LeakyReLU, ReLU, ScalarProx, SoftThreshold
 
 from ..errors import InvalidSettingError
-from .joint_groups import QuadraticBlocks, quadratic_blocks
-from .lipschitz import head_matrix, lipschitz_bound, pairwise_margin_norms
+from ..operators.structure import BlockStructure, float64_structure
+from .lipschitz import head_matrix, input_scale, lipschitz_bound, pairwise_margin_norms
 
 BOUNDS = ("product", "joint")
 #: τ stays this far (relative) below the pole 1/θ_max; γ² is raised by GAMMA_PAD (rounding).
@@ -85,23 +89,29 @@ class JointSpectrum:
         whiten: :math:`V^H L^{-1}` per block, ``(blocks, d, d)``.
         theta: generalised eigenvalues :math:`\theta \ge 0` of :math:`(P, S)` per block, ``(blocks, d)``.
         weights: block multiplicities, ``(blocks,)``.
-        blocks: the :class:`~mondeq.robustness.joint_groups.QuadraticBlocks` they came from.
+        blocks: the float64 :class:`~mondeq.operators.structure.BlockStructure` they came from.
     """
 
     whiten: Tensor
     theta: Tensor
     weights: Tensor
-    blocks: QuadraticBlocks
+    blocks: BlockStructure
 
     @classmethod
     @torch.no_grad()
-    def of(cls, blocks: QuadraticBlocks) -> "JointSpectrum":
-        chol = torch.linalg.cholesky(blocks.s)  # S ⪰ 2mI: never fails for a monotone W
+    def of(cls, blocks: BlockStructure) -> "JointSpectrum":
+        chol = torch.linalg.cholesky(blocks.symmetric_blocks())  # S ⪰ 2mI: never fails for a monotone W
         eye = torch.eye(chol.shape[-1], dtype=chol.dtype).expand_as(chol)
         inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-        q = inv @ blocks.p @ inv.mH
+        q = inv @ blocks.input_gram_blocks() @ inv.mH
         theta, vecs = torch.linalg.eigh(0.5 * (q + q.mH))
         return cls(vecs.mH @ inv, theta.clamp(min=0), blocks.weights, blocks)
+
+
+def model_structure(model) -> BlockStructure:
+    """The float64 block structure of a classifier's layer, U scaled by its input normalisation
+    (pixel scale), without a graph."""
+    return float64_structure(model.layer.linear, input_scale=input_scale(model))
 
 
 def joint_spectrum(model) -> JointSpectrum:
@@ -110,7 +120,7 @@ def joint_spectrum(model) -> JointSpectrum:
     linear = model.layer.linear
     norm = getattr(model, "normalization", None)
     key = "joint_spectrum" + ("" if norm is None else repr(norm.std.tolist()))
-    return linear.cached(key, lambda: JointSpectrum.of(quadratic_blocks(model, linear)))
+    return linear.cached(key, lambda: JointSpectrum.of(model_structure(model)))
 
 
 def joint_gamma_squared(spectrum: JointSpectrum, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,7 +187,7 @@ MULTIPLIERS = ("auto", "scalar", "diagonal")
 DIAGONAL_COST_LIMIT = 5e9
 
 
-def diagonal_gamma_squared(blocks: QuadraticBlocks, coords: Tensor, tau: Tensor, *,
+def diagonal_gamma_squared(blocks: BlockStructure, coords: Tensor, tau: Tensor, *,
                            steps: int = 150, lr: float = 0.05) -> Tensor:
     r"""Joint constants with one multiplier per unit class, :math:`\Lambda = \mathrm{diag}(\lambda)`.
 
@@ -203,7 +213,8 @@ def diagonal_gamma_squared(blocks: QuadraticBlocks, coords: Tensor, tau: Tensor,
     Returns:
         :math:`\gamma^2` per pair, padded by ``GAMMA_PAD``; ``inf`` where the final Λ fails the check.
     """
-    x, p, w_blocks, unit = blocks.x, blocks.p, blocks.weights, blocks.unit
+    x, p = blocks.identity_minus_w_blocks(), blocks.input_gram_blocks()
+    w_blocks, unit = blocks.weights, blocks.unit
     units = int(unit.max()) + 1
     rhs = coords.to(x.dtype).unsqueeze(-1)
 

@@ -29,11 +29,12 @@ first derivatives (:math:`2A^{-1}c` in c, :math:`-A^{-1}cc^\top A^{-1}` in A), f
 products instead of a differentiated Cholesky factorisation (a training step at 256 hidden units
 took 0.6 s with the latter, 0.15 s with this). Second derivatives of the loss are not those of the bound.
 
-Blocks (as :mod:`.joint_groups`; the graph's side in float64): dense, one block; single
-convolution, one per frequency with :math:`\hat F_\omega` and :math:`V_\omega = \hat U_\omega D`.
-
-Multi-tier layers certify with the joint bound but are refused here (their alias-group blocks
-are built without a graph).
+Blocks: the layer's :meth:`~mondeq.parametrisation.MonotoneParametrisation.block_structure`,
+the certificate's (:mod:`mondeq.operators.structure`), here with its graph in float64 (from
+float64 casts of the parameters): :math:`a^HSa = 2m\|a\|^2 + 2\|Fa\|^2` per block from the factor
+F where the family gives one (no :math:`F^HF` is formed), :math:`2\,\mathrm{Re}\,a^HXa` from the
+blocks of I − W otherwise, and :math:`a^HPa = \|V^Ha\|^2`. Every family has it: dense, conv,
+multi-tier, and any parametrisation small enough for the probed fallback.
 """
 from __future__ import annotations
 
@@ -41,12 +42,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidSettingError
-from ..operators.conv import MonotoneConv
-from ..operators.dense import MonotoneLinear
-from ..operators.fft import half_spectrum_weights, kernel_blocks
+from ..operators.structure import structure_available, structure_in_dtype
 from .joint_bound import GAMMA_PAD, joint_spectrum, minimise_gamma_squared, pair_weights, whitened
-from .joint_groups import input_scale_vector, state_spectrum
-from .lipschitz import head_matrix
+from .lipschitz import head_matrix, input_scale
 
 __all__ = ["TRAINING_BOUNDS", "check_joint_training", "differentiable_joint_constants", "training_bound"]
 
@@ -54,36 +52,31 @@ TRAINING_BOUNDS = ("auto", "product", "joint")
 """Choices of the training command's ``--certified-bound`` ("auto": :func:`training_bound`)."""
 
 
-def _has_joint_training(model) -> bool:
-    return isinstance(model.layer.linear, (MonotoneLinear, MonotoneConv))
-
-
 def training_bound(model, requested: str) -> str:
     """The bound a certified-training loss uses: ``requested``, with ``"auto"`` meaning the joint
-    bound where :func:`differentiable_joint_constants` has a path (dense, conv) and the product
-    bound otherwise (multi-tier)."""
+    bound wherever the layer has a block structure (every family; a layer relying on the probed
+    fallback only up to its size limit) and the product bound otherwise."""
     if requested not in TRAINING_BOUNDS:
         raise InvalidSettingError(f"bound must be one of {TRAINING_BOUNDS}, got {requested!r}")
     if requested != "auto":
         return requested
-    return "joint" if _has_joint_training(model) else "product"
+    return "joint" if structure_available(model.layer.linear) else "product"
 
 
 def check_joint_training(model) -> None:
-    """Raise :class:`~mondeq.errors.InvalidSettingError` unless :func:`differentiable_joint_constants`
-    has a path for ``model``'s layer (dense or a single convolution)."""
-    if not _has_joint_training(model):
-        raise InvalidSettingError(
-            f"the joint bound in the training loss is built for dense and convolutional layers, not "
-            f"{type(model.layer.linear).__name__}; train with the product bound (certificates can still use the joint one)")
+    """Raise :class:`~mondeq.errors.StructureTooLargeError` (an
+    :class:`~mondeq.errors.InvalidSettingError`) when ``model``'s layer has no block structure
+    of its own and is too large for the probed fallback (train with the product bound then)."""
+    structure_available(model.layer.linear, raise_error=True)
 
 
 def differentiable_joint_constants(model) -> Tensor:
     r"""The joint constants :math:`\Gamma_{yj}` (pixel scale, scalar multiplier) with the graph to
-    F, U and the head, shape (K, K), zero diagonal, in the head's dtype and device.
+    the layer's parameters (F and U; not G, which the symmetric part drops) and the head, shape
+    (K, K), zero diagonal, in the head's dtype and device.
 
     Raises:
-        InvalidSettingError: the layer is neither dense nor a single convolution.
+        StructureTooLargeError: the layer has no block structure and is too large to probe.
     """
     check_joint_training(model)
     linear = model.layer.linear
@@ -102,21 +95,10 @@ def differentiable_joint_constants(model) -> Tensor:
         scaled = b / (1 - tau.view(-1, 1, 1) * spectrum.theta.to(b.dtype))
         a = torch.einsum("gji,pgj->pgi", spectrum.whiten.to(b.dtype).conj(), scaled).to(c.device)
     tau = tau.to(c.device)
-    d = input_scale_vector(model, linear).to(c.device)
-    if isinstance(linear, MonotoneLinear):
-        f = linear.F.to(torch.float64)
-        v = linear.U.weight.to(torch.float64) * d
-        a = a[:, 0]  # the one dense block
-        quad = _stationary_value(a, c, a @ f.T, a @ v, linear.m, tau)
-    else:
-        size = linear.size
-        f = kernel_blocks(linear.F.to(torch.float64), size)                         # (blocks, C, C)
-        v = kernel_blocks(linear.U.weight.to(torch.float64), size) * d.to(f.dtype)  # (blocks, C, r)
-        coords = state_spectrum(c, (linear.channels, *size))                         # (pairs, blocks, C)
-        fa = torch.einsum("bij,pbj->pbi", f, a)
-        va = torch.einsum("bji,pbj->pbi", v.conj(), a)
-        weights = half_spectrum_weights(size, f).reshape(-1)
-        quad = (_stationary_value(a, coords, fa, va, linear.m, tau) * weights).sum(-1)
+    structure = structure_in_dtype(linear, torch.float64, input_scale=input_scale(model))
+    coords = structure.to_blocks(c).to(a.dtype)                                   # (pairs, blocks, d)
+    value = _stationary_value(a, coords, structure.symmetric_form(a), structure.input_form(a), tau)
+    quad = (value * structure.weights.to(value.device, value.dtype)).sum(-1)
     gamma = (quad / tau * (1.0 + GAMMA_PAD)).clamp(min=0).sqrt()
     with torch.no_grad():  # the symmetric placement as a constant tensor (no index_put backward)
         place = torch.zeros(len(rows), k, k, dtype=torch.float64, device=head.device)
@@ -126,16 +108,13 @@ def differentiable_joint_constants(model) -> Tensor:
     return torch.einsum("p,pij->ij", gamma, place).to(head.dtype)
 
 
-def _stationary_value(a: Tensor, c: Tensor, fa: Tensor, va: Tensor, m: float, tau: Tensor) -> Tensor:
-    r""":math:`2\,\mathrm{Re}\,a^H c - a^H(S - \tau P)a` with :math:`a^H S a = 2m\|a\|^2 + 2\|Fa\|^2`,
-    :math:`a^H P a = \|V^H a\|^2`, summed over the last axis (``fa``, ``va``: :math:`Fa` and
-    :math:`V^H a` in the layout of ``a``, pairs first).
+def _stationary_value(a: Tensor, c: Tensor, a_s_a: Tensor, a_p_a: Tensor, tau: Tensor) -> Tensor:
+    r""":math:`2\,\mathrm{Re}\,a^H c - a^H(S - \tau P)a` per block, from :math:`a^HSa` and
+    :math:`a^HPa` (``(pairs, blocks)``; ``a``, ``c``: ``(pairs, blocks, d)``).
 
     :math:`c^H A^{-1} c = \max_a\, 2\,\mathrm{Re}\,a^H c - a^H A a` for :math:`A \succ 0`, attained at
     :math:`a = A^{-1}c`: with that (detached) ``a`` the value is exact and its first derivatives in
     c and A are those of :math:`c^H A^{-1} c` (:math:`2A^{-1}c` and :math:`-A^{-1}cc^HA^{-1}`), at
     the cost of a few products instead of a differentiated factorisation.
     """
-    tau = tau.view(-1, *([1] * (a.ndim - 2)))
-    sq = lambda t: (t.abs() ** 2).sum(-1)  # noqa: E731
-    return 2 * (a.conj() * c).real.sum(-1) - (2 * m * sq(a) + 2 * sq(fa) - tau * sq(va))
+    return 2 * (a.conj() * c).real.sum(-1) - (a_s_a - tau.view(-1, 1) * a_p_a)

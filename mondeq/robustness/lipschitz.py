@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import MonDEQ
-from ..models.readouts import FlattenState
 from ..parametrisation import MonotoneParametrisation
 
 if TYPE_CHECKING:
@@ -76,12 +75,8 @@ def _input_norm(linear: MonotoneParametrisation) -> float:
 
 
 def head_matrix(model: MonDEQClassifier, *, differentiable: bool = True) -> Tensor:
-    r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n).
-
-    Readout and head are affine (``logits = H z + c``), so :math:`H` is the Jacobian of
-    ``model.logits_from_state`` at any state; it is taken at zero, tier by tier, and the tiers'
-    columns are concatenated in the order of :class:`~mondeq.models.FlattenState`. With the
-    default readout and an ``nn.Linear`` head, :math:`H` is the head's weight.
+    r"""The linear part :math:`H` of ``state ↦ logits`` on flattened states, shape (classes, n)
+    (:meth:`~mondeq.models.MonDEQClassifier.head_matrix`), with the graph to the head by default.
 
     Args:
         model: a :class:`~mondeq.models.MonDEQClassifier`.
@@ -91,19 +86,16 @@ def head_matrix(model: MonDEQClassifier, *, differentiable: bool = True) -> Tens
     Raises:
         NonAffineReadoutError: the readout or the head does not declare itself affine.
     """
-    model.check_affine()  # the margin constants assume logits = H z + c
-    if isinstance(model.readout, FlattenState) and type(model.head) is nn.Linear:
-        weight = model.head.weight
-        return weight if differentiable else weight.detach()
-    zero = tuple(t.detach() for t in model.layer.linear.operator().zeros(1))
+    return model.head_matrix(differentiable=differentiable)
 
-    def logits_of(*tiers: Tensor) -> Tensor:
-        return model.logits_from_state(tuple(tiers))[0]
 
-    with torch.enable_grad():  # certify runs under no_grad
-        jac = torch.autograd.functional.jacobian(logits_of, zero, create_graph=differentiable)
-    head = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
-    return head if differentiable else head.detach()
+def input_scale(model: nn.Module) -> Tensor | None:
+    r"""The diagonal :math:`D` of a classifier's input normalisation, one value per channel
+    (:math:`1/\sigma_c`, float64, detached), or ``None`` without one: the ``input_scale`` of
+    :meth:`~mondeq.parametrisation.MonotoneParametrisation.block_structure`, for constants in
+    pixel scale."""
+    norm = getattr(model, "normalization", None)
+    return None if norm is None else 1.0 / norm.std.detach().to(torch.float64).reshape(-1)
 
 
 def pairwise_margin_norms(head: Tensor) -> Tensor:

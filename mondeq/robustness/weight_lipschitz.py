@@ -44,9 +44,11 @@ triangle inequalities: with :math:`\delta' = (1 + L')\|\hat z' - \sigma(W'\hat z
 
 sound whatever the solver reached, and several times tighter.
 
-Norms are exact: :math:`\|W - W'\|_2` by SVD (dense) or by the largest singular value over the
-frequency blocks of :math:`\widehat W - \widehat W'` (circular convolution); :math:`\|U - U'\|_2`
-by the layer's own ``input_norm`` of the difference. All in float64.
+Norms are exact, read from both layers' block structures
+(:meth:`~mondeq.parametrisation.MonotoneParametrisation.block_structure`, one basis for one
+architecture): :math:`\|W - W'\|_2` and :math:`\|U - U'\|_2` are the largest singular values
+over the blocks of :math:`X' - X` and :math:`V - V'` (dense: one block; conv: the frequencies;
+multi-tier: the alias groups; any other layer: its probed dense block). All in float64.
 """
 from __future__ import annotations
 
@@ -61,8 +63,7 @@ from splitting.state import batch_norm
 
 from ..errors import InvalidSettingError
 from ..layer import MonDEQ
-from ..operators.conv import MonotoneConv
-from ..operators.dense import MonotoneLinear
+from ..operators.structure import float64_structure
 
 __all__ = ["WeightPerturbationBound", "weight_lipschitz_bound"]
 
@@ -99,25 +100,6 @@ def _layer(model: nn.Module) -> MonDEQ:
     return layer
 
 
-def _operator_change(a: nn.Module, b: nn.Module) -> float:
-    r""":math:`\|W_a - W_b\|_2` exactly, in float64 (a, b: float64 parametrisations)."""
-    if isinstance(a, MonotoneLinear):
-        return float(torch.linalg.matrix_norm(a.weight() - b.weight(), ord=2))
-    if isinstance(a, MonotoneConv):
-        diff = a.operator().w_blocks() - b.operator().w_blocks()
-        return float(torch.linalg.matrix_norm(diff, ord=2).amax())
-    raise InvalidSettingError(f"no exact ‖W − W′‖₂ for {type(a).__name__}: weight_lipschitz_bound "
-                              "supports dense (MonotoneLinear) and conv (MonotoneConv) layers")
-
-
-def _input_change(a: nn.Module, b: nn.Module) -> float:
-    r""":math:`\|U_a - U_b\|_2`: the layer's own ``input_norm`` of a copy holding the difference
-    (U is linear in its weight, and ``input_norm`` reads only the weight)."""
-    diff = copy.deepcopy(a)
-    diff.U.weight.copy_(a.U.weight - b.U.weight)
-    return float(diff.input_norm())
-
-
 @torch.no_grad()
 def weight_lipschitz_bound(model: nn.Module, perturbed: nn.Module, x: Tensor, *,
                            perturbed_state: State | None = None) -> WeightPerturbationBound:
@@ -131,7 +113,7 @@ def weight_lipschitz_bound(model: nn.Module, perturbed: nn.Module, x: Tensor, *,
 
     Args:
         model, perturbed: two :class:`~mondeq.layer.MonDEQ` layers of the same architecture and
-            nonlinearity (dense or conv), or classifiers holding them (then ``x`` is in pixel
+            nonlinearity (any family), or classifiers holding them (then ``x`` is in pixel
             scale and goes through the first classifier's input normalisation, which both must
             share: it is not a weight here).
         x: inputs, shape (batch, ...) as the layer (or classifier) takes them.
@@ -142,8 +124,9 @@ def weight_lipschitz_bound(model: nn.Module, perturbed: nn.Module, x: Tensor, *,
         The bound per sample and its ingredients, in float64.
 
     Raises:
-        InvalidSettingError: different architectures, shapes or nonlinearities, or an operator
-            without an exact ‖W − W′‖₂ (multi-tier).
+        InvalidSettingError: different architectures, shapes or nonlinearities, or a layer
+            without its own block structure that is too large to probe
+            (:class:`~mondeq.errors.StructureTooLargeError`).
     """
     first, second = _layer(model), _layer(perturbed)
     if repr(first.nonlinearity) != repr(second.nonlinearity):
@@ -161,7 +144,9 @@ def weight_lipschitz_bound(model: nn.Module, perturbed: nn.Module, x: Tensor, *,
         x = model.layer_input(x)
     a, b = (copy.deepcopy(layer.linear).to(torch.float64) for layer in (first, second))
     x = x.to(torch.float64)
-    w_change, u_change = _operator_change(a, b), _input_change(a, b)
+    blocks_a, blocks_b = float64_structure(a), float64_structure(b)
+    w_change = float(blocks_a.operator_change_norm(blocks_b))  # ‖W − W′‖₂
+    u_change = float(blocks_a.input_change_norm(blocks_b))     # ‖U − U′‖₂
     zero = torch.zeros(1, *a.input_shape, dtype=torch.float64, device=x.device)
     bias_a, bias_b = a.bias(zero), b.bias(zero)
     b_change = float(batch_norm(tuple(s - t for s, t in zip(bias_a, bias_b)))[0])

@@ -15,13 +15,15 @@ monotone analogue of Jacobian regularisation is therefore
 
 :class:`OperatorNormPenalty` computes it differentiably in F and G:
 
-* dense: the largest singular value of the n × n matrix (its gradient :math:`u_1 v_1^\top`);
-* circular convolution: the largest singular value over the C × C frequency blocks of
-  :math:`\widehat{I - W}(\omega)` (2-D FFT; half spectrum: conjugate frequencies share singular
-  values), exact; a batched SVD with its backward per step (about 0.1 s for 16 channels on
-  30 × 30, 1.4 s for the paper's 54 on a shared 2-core CPU: there 2 power steps, 0.4 s, are the
-  cheaper choice);
-* any operator (multi-tier; or any layer with ``iterations > 0``): a power-iteration estimate
+* exact: the largest singular value over the blocks of I − W in the layer's
+  :meth:`~mondeq.parametrisation.MonotoneParametrisation.block_structure` (dense: the n × n
+  matrix, gradient :math:`u_1 v_1^\top`; conv: the C × C frequency blocks; multi-tier: the
+  alias groups; any other layer: its probed dense block), a batched SVD with its backward per
+  step (about 0.1 s for 16 channels on 30 × 30, 1.4 s for the paper's 54 on a shared 2-core CPU:
+  there 2 power steps, 0.4 s, are the cheaper choice). The default where the blocks are small
+  (:data:`EXACT_COST_LIMIT` on blocks·d³: every dense and conv layer of the zoo, small
+  multi-tier layers);
+* otherwise (large multi-tier layers, or any layer with ``iterations > 0``): a power-iteration estimate
   :math:`\|(I - W)v\|` with a persistent unit vector v, refined by ``iterations`` power steps on
   :math:`(I - W)^\top(I - W)` per call (a warm start: W moves little per step). It approaches
   the norm from below and its gradient, with v held fixed, is that of the top singular value at
@@ -39,13 +41,15 @@ from torch import Tensor, nn
 
 from splitting import State
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, StructureTooLargeError
 from ..layer import MonDEQ
-from ..operators.conv import MonotoneConv
-from ..operators.dense import MonotoneLinear
 from ..parametrisation import MonotoneParametrisation
 
 __all__ = ["OperatorNormPenalty", "make_operator_penalty", "operator_norm", "operator_norm_bound"]
+
+#: ``iterations=0`` takes the exact norm when the structure's blocks·d³ is at most this (a batched
+#: SVD with its backward per step); above it, 2 power steps.
+EXACT_COST_LIMIT = 1.5e9
 
 
 def _parametrisation(model: nn.Module) -> MonotoneParametrisation:
@@ -59,27 +63,28 @@ def _parametrisation(model: nn.Module) -> MonotoneParametrisation:
 
 
 def operator_norm(model: nn.Module) -> Tensor:
-    r"""Exact :math:`\|I - W\|_2`, differentiable in the parameters, for dense and conv layers.
+    r"""Exact :math:`\|I - W\|_2`, differentiable in the parameters: the largest singular value
+    over the blocks of the layer's ``block_structure()``, in the parameters' dtype.
 
     Args:
-        model: a classifier, a :class:`~mondeq.layer.MonDEQ`, or a dense or conv parametrisation.
+        model: a classifier, a :class:`~mondeq.layer.MonDEQ`, or a parametrisation.
 
     Raises:
-        InvalidSettingError: another parametrisation (use :class:`OperatorNormPenalty`'s power
-            iteration).
+        StructureTooLargeError: a layer without its own block structure, too large to probe (use
+            :class:`OperatorNormPenalty`'s power iteration).
     """
-    linear = _parametrisation(model)
-    if isinstance(linear, MonotoneLinear):
-        w = linear.weight()
-        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-        return torch.linalg.matrix_norm(eye - w, ord=2)
-    if isinstance(linear, MonotoneConv):
-        with torch.enable_grad():
-            w = linear.operator().w_blocks()  # (frequencies, C, C), with a graph to F and G
-        eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
-        return torch.linalg.matrix_norm(eye - w, ord=2).amax()
-    raise InvalidSettingError(f"no exact differentiable ‖I − W‖₂ for {type(linear).__name__}; "
-                              "estimate it by power iteration (OperatorNormPenalty(iterations=...))")
+    with torch.enable_grad():
+        return _parametrisation(model).block_structure().operator_norm()
+
+
+def _exact_is_cheap(linear: MonotoneParametrisation) -> bool:
+    """Whether the exact norm's SVD is within :data:`EXACT_COST_LIMIT` (and the structure exists)."""
+    try:
+        with torch.no_grad():
+            structure = linear.block_structure()
+    except StructureTooLargeError:
+        return False
+    return structure.blocks * structure.size ** 3 <= EXACT_COST_LIMIT
 
 
 class OperatorNormPenalty:
@@ -91,8 +96,9 @@ class OperatorNormPenalty:
         model: the classifier (or its layer, or the parametrisation); its parameters are read at
             every call.
         weight: λ ≥ 0.
-        iterations: power steps per call; 0 (default) uses the exact norm for dense and conv
-            layers and 2 power steps for the others (multi-tier).
+        iterations: power steps per call; 0 (default) uses the exact norm where its blocks are
+            small (:data:`EXACT_COST_LIMIT`: dense, conv, small multi-tier layers) and 2 power
+            steps otherwise.
 
     Raises:
         InvalidSettingError: a negative or non-finite ``weight``, or negative ``iterations``.
@@ -105,8 +111,7 @@ class OperatorNormPenalty:
             raise InvalidSettingError(f"power iterations must be an integer ≥ 0, got {iterations}")
         self.linear = _parametrisation(model)
         self.weight = float(weight)
-        exact = isinstance(self.linear, (MonotoneLinear, MonotoneConv))
-        self.iterations = int(iterations) if iterations or exact else 2
+        self.iterations = int(iterations) if iterations or _exact_is_cheap(self.linear) else 2
         self.v: State | None = None  # the power vector, a unit state of batch 1
 
     @property
@@ -164,7 +169,7 @@ def _unit(z: State) -> State:
 
 def operator_norm_bound(model: nn.Module) -> float:
     r"""The layer's upper bound on :math:`\|I - W\|_2` (``operator().lipschitz()``: exact for dense
-    and conv, exact or a block bound for multi-tier), cached until a parameter changes; the figure
+    and conv, exact or a block bound for multi-tier; the family's own, used by the solvers), cached until a parameter changes; the figure
     a run logs as ``operator_norm``."""
     linear = _parametrisation(model)
     return float(linear.cached("operator_lipschitz", lambda: linear.operator().lipschitz()))
