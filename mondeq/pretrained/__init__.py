@@ -4,7 +4,8 @@
     >>> mondeq.pretrained()                       # every model, with its recorded figures
     >>> model = mondeq.pretrained("mnist-certified-fc-1.58")
     >>> info = model.pretrained_entry             # its command, figures and certificate settings
-    >>> cert = mondeq.certify(model.double(), x, y, epsilons=[1.58], **info.certify_kwargs())
+    >>> cert = mondeq.certify(model, x, y, epsilons=[1.58], dtype=torch.float64,
+    ...                       **info.certify_kwargs())     # the recorded settings, explicitly
 
 Each model carries the command that trained it and the figures recorded on its whole test set
 (:class:`~mondeq.pretrained.registry.PretrainedEntry`); a test re-derives its per-image verdicts

@@ -61,7 +61,7 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, settings: Mapping[str, Any]
 
     kwargs = {k: settings[k] for k in ("bound", "multipliers", "tol", "max_iter")}
     start = time.perf_counter()
-    cert = certify(model, x, y, epsilons=epsilons, batch_size=settings["batch_size"], **kwargs)
+    cert = certify(model, x, y, epsilons=epsilons, batch_size=settings["batch_size"], dtype=None, **kwargs)
     seconds = time.perf_counter() - start
     figures: dict[str, Any] = {
         "test_images": len(x), "clean": float(cert.correct.double().mean()),

@@ -75,7 +75,8 @@ class PretrainedEntry:
         return str(self.config.get("dataset") or "mnist")
 
     def certify_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`mondeq.certify` the figures were recorded with."""
+        """The keyword arguments of :func:`mondeq.certify` the figures were recorded with (``dtype``
+        as a name: ``getattr(torch, ...)``)."""
         return {k: self.certify[k] for k in ("bound", "multipliers", "tol", "max_iter")}
 
     def summary(self) -> str:

@@ -47,6 +47,6 @@ def record_verdicts(model, x: Tensor, y: Tensor, settings: Mapping[str, Any],
     from ..robustness.certification import certify
 
     epsilons = [float(e) for e in epsilons]
-    cert = certify(model, x, y, epsilons=epsilons, batch_size=len(x),
+    cert = certify(model, x, y, epsilons=epsilons, batch_size=len(x), dtype=None,  # the model's
                    **{k: settings[k] for k in ("bound", "multipliers", "tol", "max_iter")})
     return {"images": len(x), "epsilons": epsilons, **verdicts_of(cert, epsilons)}
