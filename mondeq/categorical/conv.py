@@ -188,10 +188,12 @@ class HollowMultiTier(nn.Module):
         kernels: ``(i, j, size)`` for each block of A from tier j to tier i ≤ ... (j ≤ i); stride
             H_j / H_i; ``size`` equal to tier j's grid gives the full map (to a 1 × 1 tier).
         m: monotonicity margin in (0, 1).
+        scale, generator, dtype: of the initial draw.
     """
 
     def __init__(self, tiers: Sequence[tuple[int, int, int, int]], kernels: Sequence[tuple[int, int, int]],
-                 *, m: float = 0.05, scale: float = 1.0, generator: torch.Generator | None = None) -> None:
+                 *, m: float = 0.05, scale: float = 1.0, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not 0.0 < m < 1.0:
             raise InvalidSettingError(f"the hollow parametrisation needs a margin m in (0, 1), got {m}")
@@ -209,7 +211,7 @@ class HollowMultiTier(nn.Module):
                                           f"a {hj}×{wj} grid onto {hi}×{wi}; use an odd size")
             self.couplings.append(Coupling(i, j, size, stride, pad))
             fan = cj * size * size
-            self.weights.append(nn.Parameter(scale * torch.randn(ci, cj, size, size, generator=generator) / fan ** 0.5))
+            self.weights.append(nn.Parameter(scale * torch.randn(ci, cj, size, size, generator=generator, dtype=dtype) / fan ** 0.5))
         self.periods = []
         for j, (c, h, w, k) in enumerate(self.tiers):
             if c % k:

@@ -146,17 +146,19 @@ class HollowDense(nn.Module):
         rank: rows of A (the number of features through which variables couple).
         m: monotonicity margin in (0, 1).
         scale: standard deviation of A's initial entries (before the scaling to ‖D‖ ≤ 1 − m).
+        generator, dtype: of the initial draw (default dtype: torch's default).
     """
 
     def __init__(self, tiers: Sequence[tuple[int, int]], *, rank: int, m: float = 0.05,
-                 scale: float = 1.0, generator: torch.Generator | None = None) -> None:
+                 scale: float = 1.0, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not 0.0 < m < 1.0:
             raise InvalidSettingError(f"the hollow parametrisation needs a margin m in (0, 1), got {m}")
         self.tiers = tuple((int(v), int(k)) for v, k in tiers)
         self.m = float(m)
         n = sum(v * k for v, k in self.tiers)
-        self.a = nn.Parameter(scale * torch.randn(int(rank), n, generator=generator) / n ** 0.5)
+        self.a = nn.Parameter(scale * torch.randn(int(rank), n, generator=generator, dtype=dtype) / n ** 0.5)
 
     @property
     def sizes(self) -> tuple[int, ...]:

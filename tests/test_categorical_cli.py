@@ -1,0 +1,70 @@
+"""`mondeq dbm`: a tiny run writes its files, resumes to bit-identical weights, and its model
+completes a user's images in three lines."""
+import json
+
+import pytest
+import torch
+
+from mondeq.cli.main import main
+
+TINY = ["--train-subset", "64", "--test-subset", "40", "--batch-size", "32", "--hidden", "6", "--rank", "12",
+        "--cost-batch", "4", "--device", "cpu", "--no-progress", "--max-iter", "300"]
+
+
+def fake_mnist(root, *, train, download):
+    """Small stand-in for the MNIST files (the program's data path, without decoding 70 000 images)."""
+    gen = torch.Generator().manual_seed(int(train))
+    n = 64 if train else 40
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    images = (torch.rand(n, 1, 28, 28, generator=gen, dtype=torch.float32) < 0.2 + 0.05 * labels.view(-1, 1, 1, 1)).float()
+    return images, labels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_data():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mondeq.cli.dbm.load_mnist", fake_mnist)
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_data):
+    out = tmp_path_factory.mktemp("dbm") / "run"
+    assert main(["dbm", *TINY, "--epochs", "2", "--baseline-epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_run_writes_results_metrics_checkpoint_and_picture(run):
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["dbm"]) >= {"label_accuracy", "bin_accuracy", "l2", "rmse", "iterations"}
+    assert set(results["baselines"]) == {"mean_fill", "masked_classifier", "rbm_mean_field"}
+    assert {(r["method"], r["tol"]) for r in results["inference_cost"]} == {
+        (m, t) for m in ("fb", "pr", "anderson-pr") for t in (1e-2, 1e-4)}
+    assert all(r["converged"] for r in results["inference_cost"])
+    assert (run / "metrics.csv").read_text().count("\n") == 3  # header and two epochs
+    assert (run / "completions.png").stat().st_size > 0
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(run, tmp_path):
+    out = tmp_path / "resumed"
+    assert main(["dbm", *TINY, "--epochs", "2", "--stop-after", "1", "--no-baselines", "--out", str(out)]) == 0
+    assert not (out / "results.json").exists()
+    assert main(["dbm", *TINY, "--epochs", "2", "--no-baselines", "--out", str(out), "--resume"]) == 0
+    a = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert {k: float((a[k] - b[k]).abs().max()) for k in a} == {k: 0.0 for k in a}
+
+
+def test_readme_three_lines_complete_a_users_images(run):
+    images = torch.rand(3, 28, 28)
+    observed = torch.rand(3, 28, 28) < 0.4
+    # the README's three lines
+    from mondeq.categorical import load_dbm
+    model = load_dbm(run)
+    out = model.complete(images, observed)
+    filled, label = out.expected_intensity(), out.label.argmax(1)
+    assert filled.shape == (3, 28, 28) and label.shape == (3,)
+    assert out.stats.forward.converged
+    # observed pixels keep their bin: the completion there is the bin centre
+    bins = (images * 2).floor().clamp(max=1)
+    assert torch.equal(filled[observed], (bins[observed] + 0.5) / 2)
