@@ -6,6 +6,7 @@
     mondeq spectrum RUN [options] eigenvalues of Peaceman-Rachford's linearised map
     mondeq reproduce [options]    the paper's Table 1, row by row
     mondeq device-check [options] check a lent GPU: the CUDA tests, step and epoch times
+    mondeq dbm [options]          a monotone DBM: complete and classify partly seen MNIST
     mondeq --version              the installed version
 
 ``python -m mondeq ...`` is the same command, and ``pip install .`` installs it as the console
@@ -32,6 +33,7 @@ SUBCOMMANDS = {
     "spectrum": ("mondeq.cli.compare.spectrum", "eigenvalues of Peaceman-Rachford's linearised map"),
     "reproduce": ("mondeq.cli.reproduce", "the paper's Table 1, row by row"),
     "device-check": ("mondeq.cli.device_check", "check a lent GPU in ≤ 8 minutes: CUDA tests, step and epoch times"),
+    "dbm": ("mondeq.cli.dbm", "train a monotone deep Boltzmann machine to complete and classify MNIST"),
 }
 
 
