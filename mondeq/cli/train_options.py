@@ -104,8 +104,8 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     g.add_argument("--certified-bound", choices=TRAINING_BOUNDS, default=DEFAULT_CERTIFIED_BOUND,
                    help="margin constants of the loss and of the run's reported certificates: product "
                         "(‖H_y − H_j‖·‖U‖₂/m), joint (the certificate's joint bound with its graph, "
-                        "scalar multiplier; mondeq.robustness.joint_training; fc and conv) or auto "
-                        "(joint for fc and conv, product for multitier)")
+                        "scalar multiplier; mondeq.robustness.joint_training; every model) or auto "
+                        "(joint wherever the layer has a block structure: every built-in model)")
     g.add_argument("--normalize-head", action="store_true",
                    help="row-normalise the linear head (last-layer normalisation, Singla et al. 2022); "
                         "certificates use the normalised rows")
@@ -125,7 +125,8 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
                         "conditioned W, fewer solver iterations")
     o.add_argument("--operator-penalty-iterations", type=int, default=0, metavar="N",
                    help="estimate ‖I − W‖₂ in the penalty by N warm-started power steps per batch "
-                        "(0: exact for fc and conv, 2 power steps for multitier)")
+                        "(0: exact where the layer's blocks are small: fc, conv, small multitier; "
+                        "else 2 power steps)")
     r = p.add_argument_group("devices and runs")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
     r.add_argument("--amp", action="store_true", help="training step under bfloat16 autocast")

@@ -101,10 +101,11 @@ class LipschitzMarginLoss(nn.Module):
             (:class:`InputNormEstimate`) instead of the exact ``input_norm()``; 0 for exact.
         bound: ``"product"`` (the constants K above) or ``"joint"``: :math:`\min(K_{yj},
             \Gamma_{yj})` with the joint constants of the certificate and their graph
-            (:mod:`.joint_training`; dense and convolutional layers).
+            (:mod:`.joint_training`; every layer with a block structure).
 
     Raises:
-        InvalidSettingError: an unknown ``bound``, or ``"joint"`` for a layer without that path.
+        InvalidSettingError: an unknown ``bound``, or ``"joint"`` for a layer without a block
+            structure that is too large to probe (:class:`~mondeq.errors.StructureTooLargeError`).
     """
 
     def __init__(self, model: MonDEQClassifier, eps: float, *, ramp_steps: int = 0,
