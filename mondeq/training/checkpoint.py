@@ -118,7 +118,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         where = f"{path} (the folder holds no {CHECKPOINT_NAME})" if path.is_dir() else str(path)
-        raise FileNotFoundError(f"no checkpoint at {where}; train without --resume first")
+        raise FileNotFoundError(f"no checkpoint at {where}; give a run folder (mondeq train --out FOLDER, "
+                                "after its first epoch) or its checkpoint.pt")
     check_device(map_location, path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

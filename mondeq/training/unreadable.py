@@ -128,7 +128,7 @@ def text_kind(path: Path, text: str, *, complete: bool) -> str:
         if isinstance(value, dict) and "history" in value and "config" in value:
             beside = path.parent / "checkpoint.pt"
             return "a run's results.json" + (f" (its checkpoint is {beside}: give that, or the folder "
-                                              f"{path.parent})" if beside.is_file() else "")
+                                              f"{path.parent})" if beside.is_file() and beside != path else "")
         if value is not None:
             return "a JSON file"
     return f"a text file ({path.suffix or 'no suffix'})"
