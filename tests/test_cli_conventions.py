@@ -171,6 +171,16 @@ def test_every_program_ends_a_mistake_in_one_error_line(program, capsys, tmp_pat
         assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
 
 
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
+def test_every_program_goes_through_the_commands_error_handling_and_takes_device(program):
+    """A mistake deeper than argparse (a missing file, a diverged run) is one line only when the
+    program's entry runs under mondeq.cli.main's handling; and every program takes --device."""
+    source = program.read_text()
+    assert "run_program(" in source or "run_command(" in source, f"{program.name}: wrap main in run_program"
+    if "run_command(" not in source:  # a subcommand's options are checked with the subcommand's
+        assert '"--device"' in source, f"{program.name} has no --device option"
+
+
 def test_the_readme_command_reports_a_mistake_in_one_line_from_a_process(tmp_path):
     """The real program, in its own process (what a user runs): no traceback."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -238,6 +248,9 @@ def test_every_option_has_help_and_says_its_default_once(name, capsys, monkeypat
             text = formatter._expand_help(action)
             assert text.count("(default") <= 1, f"mondeq {name}: {label}: {text}"
             assert "(default: None)" not in text, f"mondeq {name}: {label}: {text}"
+    options = {o for parser in parsers_of([name, "--help"], monkeypatch) for a in parser._actions
+               for o in a.option_strings}
+    assert "--device" in options, f"mondeq {name} has no --device"
     capsys.readouterr()
 
 
