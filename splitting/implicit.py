@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConvergenceWarning, InvalidSettingError, UnsupportedDerivativeError, warn_at_caller
+from .loop import unconverged_advice
 from .operator import LinearOperator, Resolvent
 from .prox import DiagonalQuadratic, Prox
 from .result import SolverResult
@@ -393,5 +394,5 @@ def _warn_if_unconverged(result: SolverResult, which: str) -> None:
                    f"large an alpha); the result is not an equilibrium")
     else:
         message = (f"{which} solve stopped after {result.iterations} iterations with true relative "
-                   f"residual {float(worst):.3g} above tol; raise max_iter, loosen tol or tune alpha")
+                   f"residual {float(worst):.3g} above tol; {unconverged_advice(result)}")
     warn_at_caller(message, ConvergenceWarning)

@@ -33,6 +33,7 @@ iteration's state and count.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -303,3 +304,29 @@ def zero_solution_samples(prox: Prox, bias: State) -> Tensor | None:
     if bias[0].device.type != "cuda" and bool(nonzero.all()):
         return None
     return ~nonzero
+
+
+#: A solve has stalled when its best residual over the last third of the iterations is no better
+#: than this fraction of the best one before, and its true residual is within ``FLOOR_EPS`` machine
+#: epsilons of the dtype: rounding, not the iteration count, then decides what it reaches.
+STALL_PROGRESS = 0.5
+FLOOR_EPS = 1e4
+
+
+def unconverged_advice(result: SolverResult) -> str:
+    """What helps a solve that ended above ``tol``: more iterations (or a better α) while the
+    residual still falls; float64 or a looser ``tol`` when it stalls at the dtype's round-off
+    floor (more iterations cannot help there)."""
+    worst = float(result.true_residual.max())
+    dtype = result.z[0].dtype
+    trace = result.residuals.amax(dim=1) if result.residuals.ndim == 2 else result.residuals
+    n = len(trace)
+    if n >= 6 and dtype.is_floating_point and worst <= FLOOR_EPS * torch.finfo(dtype).eps:
+        cut = n - max(n // 3, 2)
+        before, after = float(trace[:cut].min()), float(trace[cut:].min())
+        if after > STALL_PROGRESS * before:
+            looser = f"{10 ** math.ceil(math.log10(2 * worst)):g}"
+            return (f"it stalled at the round-off floor of {str(dtype).removeprefix('torch.')} (no progress "
+                    f"over the last {n - cut} iterations; more iterations will not help): solve in "
+                    f"float64 (model.double()) or loosen tol to {looser} or more")
+    return "raise max_iter, loosen tol or tune alpha"

@@ -1,6 +1,7 @@
 """The model zoo: the paper's classifiers (fully connected, single convolution, multi-tier)."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
@@ -9,10 +10,12 @@ from splitting import Prox
 
 from ..errors import InvalidSettingError
 from ..layer import MonDEQ
+from ..parametrisation import check_sizes
 from ..operators.conv import MonotoneConv
 from ..operators.dense import MonotoneLinear
 from ..operators.multitier import MonotoneMultiTier
 from .classifier import MonDEQClassifier
+from .feedforward import feedforward
 from .nonlinearities import make_nonlinearity
 from .normalization import InputNormalization
 from .readouts import AvgPoolState, NormalizedLinear, TierPool
@@ -39,7 +42,11 @@ def fc_mondeq(in_features: int = 784, hidden: int = 87, num_classes: int = 10, *
     ``mean``, ``std``: the per-channel input normalisation the classifier applies first
     (:class:`~mondeq.models.normalization.InputNormalization`; ``None``: identity); inputs are
     flattened channel-major, as ``(batch, C, H, W).reshape(batch, -1)`` does.
+
+    Raises:
+        InvalidSettingError: a size that is not a whole number ≥ 1.
     """
+    check_sizes("fc_mondeq", in_features=in_features, hidden=hidden, num_classes=num_classes)
     layer = MonDEQ(MonotoneLinear(in_features, hidden, m=m), nonlinearity, solver=solver, alpha=alpha,
                    tol=tol, max_iter=max_iter, backward_tol=backward_tol,
                    backward_max_iter=backward_max_iter)
@@ -60,11 +67,20 @@ def single_conv_mondeq(in_channels: int = 1, image_size: int = 28, channels: int
     columns fall outside every window) and a linear head maps the ``54·7·7`` features to logits:
     79,498 parameters with the defaults (the paper quotes about 84K). ``mean``, ``std``: the
     per-channel input normalisation, as in :func:`fc_mondeq`.
+
+    Raises:
+        InvalidSettingError: a size that is not a whole number ≥ 1 (``padding`` ≥ 0), or a
+            pooling window larger than the state.
     """
+    check_sizes("single_conv_mondeq", in_channels=in_channels, image_size=image_size, channels=channels,
+                num_classes=num_classes, kernel_size=kernel_size, pool=pool)
+    check_sizes("single_conv_mondeq", minimum=0, padding=padding)
     linear = MonotoneConv(in_channels, channels, image_size, kernel_size=kernel_size, padding=padding, m=m)
     layer = MonDEQ(linear, nonlinearity, solver=solver, alpha=alpha, tol=tol, max_iter=max_iter,
                    backward_tol=backward_tol, backward_max_iter=backward_max_iter)
     features = channels * (linear.size[0] // pool) * (linear.size[1] // pool)
+    if not features:
+        raise InvalidSettingError(f"single_conv_mondeq: pool {pool} exceeds the state's grid {tuple(linear.size)}")
     return MonDEQClassifier(layer, nn.Linear(features, num_classes), readout=AvgPoolState(pool),
                             normalization=_normalization(mean, std))
 
@@ -97,7 +113,13 @@ def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 2
         pool_size: pooled grid side per tier (adaptive average pooling; 7 × 7 → 4 × 4 uses
             overlapping windows, still a fixed linear map).
         mean, std: the per-channel input normalisation applied first (``None``: identity).
+
+    Raises:
+        InvalidSettingError: a size that is not a whole number ≥ 1, or tiers that do not fit.
     """
+    check_sizes("multitier_mondeq", in_channels=in_channels, num_classes=num_classes, pool_size=pool_size,
+                **({"image_size": image_size} if isinstance(image_size, numbers.Integral) else
+                   {f"image_size[{i}]": v for i, v in enumerate(image_size)}))
     linear = MonotoneMultiTier(in_channels, channels, image_size, kernel_size=kernel_size,
                                padding=padding, m=m)
     layer = MonDEQ(linear, nonlinearity, solver=solver, alpha=alpha, tol=tol, max_iter=max_iter,
@@ -110,11 +132,13 @@ def multitier_mondeq(in_channels: int = 1, image_size: int | tuple[int, int] = 2
 
 
 DEFAULT_CHANNELS = {"conv": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
+                    "cnn": {"mnist": (54,), "cifar10": (81,), "svhn": (81,)},
                     "multitier": {"mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)}}
 """The paper's widths (Table 1) for each model and dataset, when a config names none."""
 
-MODELS = ("fc", "conv", "multitier")
-"""The architectures :func:`build_model` knows, by the name a run's config gives them."""
+MODELS = ("fc", "conv", "multitier", "cnn")
+"""The architectures :func:`build_model` knows, by the name a run's config gives them (``"cnn"``:
+the single-conv architecture with W = 0, a plain CNN reference, :mod:`~mondeq.models.feedforward`)."""
 
 SOLVER_KEYS = ("m", "solver", "alpha", "tol", "max_iter")
 """Config keys that set the layer (defaults: those of the constructors)."""
@@ -162,7 +186,7 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
 
     One registry for every program: ``config`` is the ``config`` dict that
     ``experiments/train.py`` saves in ``results.json`` and ``checkpoint.pt`` (any mapping with
-    these keys works). Keys read: ``model`` (``"fc"``, ``"conv"`` or ``"multitier"``; default
+    these keys works). Keys read: ``model`` (``"fc"``, ``"conv"``, ``"multitier"`` or ``"cnn"``; default
     ``"fc"``), ``dataset`` (for the input shape and the default widths; default ``"mnist"``) or
     explicit ``in_channels``, ``image_size``, ``num_classes``; ``hidden`` (fc; default 87),
     ``channels`` (conv: one width, multitier: one per tier; default :data:`DEFAULT_CHANNELS`),
@@ -177,8 +201,8 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     ``normalize: False`` (identity; also the default for explicit shape keys without a dataset).
 
     Raises:
-        InvalidSettingError: an unknown model, dataset or nonlinearity, or channels that do not
-            fit the model.
+        InvalidSettingError: an unknown model, dataset or nonlinearity, channels that do not fit
+            the model, or a size (hidden, channels) that is not a whole number ≥ 1.
     """
     kind = config.get("model") or "fc"
     if kind not in MODELS:
@@ -188,16 +212,18 @@ def build_model(config: Mapping[str, Any]) -> MonDEQClassifier:
     settings["nonlinearity"] = make_nonlinearity(config.get("nonlinearity"))
     settings.update(_config_normalization(config, in_channels))
     if kind == "fc":
-        return _with_head(config, fc_mondeq(in_channels * image_size ** 2, int(config.get("hidden") or 87),
+        hidden = config.get("hidden")
+        return _with_head(config, fc_mondeq(in_channels * image_size ** 2, 87 if hidden is None else hidden,
                                             classes, **settings))
     channels = config.get("channels")
     if channels is None:
         channels = DEFAULT_CHANNELS[kind].get(config.get("dataset", "mnist"), DEFAULT_CHANNELS[kind]["mnist"])
-    channels = tuple(int(c) for c in (channels if isinstance(channels, (list, tuple)) else (channels,)))
-    if kind == "conv":
+    channels = tuple(channels if isinstance(channels, (list, tuple)) else (channels,))
+    if kind in ("conv", "cnn"):
         if len(channels) != 1:
-            raise InvalidSettingError(f"channels: the conv model takes one width, got {list(channels)}")
-        return _with_head(config, single_conv_mondeq(in_channels, image_size, channels[0], classes, **settings))
+            raise InvalidSettingError(f"channels: the {kind} model takes one width, got {list(channels)}")
+        model = single_conv_mondeq(in_channels, image_size, channels[0], classes, **settings)
+        return _with_head(config, feedforward(model) if kind == "cnn" else model)
     return _with_head(config, multitier_mondeq(in_channels, image_size, channels, classes, **settings))
 
 

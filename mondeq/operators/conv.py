@@ -28,7 +28,7 @@ from splitting.operator import check_alpha, check_margin
 
 from .autodiff import any_transformed
 from .last_application import LastApplication
-from ..parametrisation import MonotoneParametrisation
+from ..parametrisation import MonotoneParametrisation, check_sizes
 from .structure import BlockStructure, expand_input_scale
 from .fft import BlockApply, adjoint_blocks, adjoint_kernel, apply_blocks, check_kernel_size, compose_kernels, half_spectrum_weights, identity_blocks, irfft2_blocks, kernel_blocks, pad_kernel, rfft2_blocks, spectral_norm
 
@@ -273,6 +273,7 @@ class MonotoneConv(MonotoneParametrisation):
         if int(padding) != padding or padding < 0:
             raise InvalidSettingError(f"padding must be a non-negative integer, got {padding}")
         hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        check_sizes("MonotoneConv", in_channels=in_channels, channels=channels, height=hw[0], width=hw[-1])
         kw = {"dtype": dtype, "device": device}
         self.input_shape = (in_channels, *hw)
         self.padding = int(padding)
