@@ -181,6 +181,24 @@ def test_every_program_goes_through_the_commands_error_handling_and_takes_device
         assert '"--device"' in source, f"{program.name} has no --device option"
 
 
+def test_out_of_memory_and_interrupts_end_in_one_line(capsys):
+    from mondeq.cli.main import run_program
+
+    def oom(argv):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_program(oom, []) == 1
+    assert run_program(interrupted, []) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: out of memory (CUDA out of memory)") and "--batch-size" in err[0]
+    assert err[1] == "error: interrupted"
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else is a bug: its traceback is kept
+        run_program(lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")), [])
+
+
 def test_the_readme_command_reports_a_mistake_in_one_line_from_a_process(tmp_path):
     """The real program, in its own process (what a user runs): no traceback."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

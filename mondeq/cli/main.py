@@ -87,9 +87,9 @@ def run_program(entry: Callable[[list[str]], object], argv: list[str] | None = N
     """Call ``entry(argv)`` (a program's ``main``) and turn what it raises into an exit status.
 
     A mistake ends in one ``error: ...`` line on stderr, never a traceback: argparse's own exit
-    (status 2), a ``sys.exit("error: ...")`` or any :class:`mondeq.errors.MonDEQError`, missing
-    or unreadable file (status 1), an interrupt (status 130). ``entry``'s return value is the
-    status when it is an int, else 0.
+    (status 2), a ``sys.exit("error: ...")``, any :class:`mondeq.errors.MonDEQError`, a missing
+    or unreadable file, the device out of memory (status 1), an interrupt (status 130).
+    ``entry``'s return value is the status when it is an int, else 0.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     sys.argv = [prog or sys.argv[0], *argv]  # argparse names the program in its messages
@@ -107,6 +107,12 @@ def run_program(entry: Callable[[list[str]], object], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # torch.OutOfMemoryError (a RuntimeError) is a setting to change
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        print(f"error: out of memory ({one_line(str(err)).split('. ')[0]}): lower --batch-size, or run on "
+              "another --device", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0
 
 
