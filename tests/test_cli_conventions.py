@@ -136,6 +136,16 @@ def test_reproduce_and_compare_refuse_to_overwrite_results(tmp_path):
         compare_main(["--out", str(tmp_path), "--device", "cpu"])
 
 
+@pytest.mark.parametrize("argv, option", [
+    (["train", "--model", "fc", "--channels", "8"], "--channels"),
+    (["train", "--model", "conv", "--hidden", "8"], "--hidden"),
+    (["compare", "RUN", "--model", "conv"], "--model"), (["compare", "RUN", "--train-limit", "9"], "--train-limit"),
+])
+def test_an_option_that_would_be_silently_unused_is_refused(capsys, argv, option):
+    status, line = command(capsys, *argv)
+    assert status == 2 and option in line
+
+
 # --- 3. every program in experiments/ ends a mistake in one error line --------------------------
 
 #: A mistake per program that fails fast, beyond argparse's own refusals (an unknown option, below).

@@ -214,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "loss" in args.explicit and args.certified_eps == 0 and not args.resume:
         p.error(f"--loss {args.loss} chooses the certified-training loss: give --certified-eps > 0 "
                 "(without it training uses plain cross entropy)")
+    if "channels" in args.explicit and args.model == "fc" and not args.resume:  # else silently unused
+        p.error("--channels sets the widths of --model conv and multitier; --model fc takes --hidden")
+    if "hidden" in args.explicit and args.model != "fc" and not args.resume:
+        p.error(f"--hidden sets the width of --model fc; --model {args.model} takes --channels")
     if args.out is None:
         args.out = Path(f"runs/{args.dataset}_{args.model}")
     if args.resume and args.overwrite:

@@ -42,6 +42,7 @@ from splitting import max_stable_alpha
 
 from ...errors import RunExistsError
 from ...models import MODELS
+from ...training.resume import explicit_options
 from ..options import (HelpFormatter, checkpoint_file, chosen_run, data_root_arg, default_device, device_arg,
                        hidden_alias, positive_float, positive_int, run_argument, run_data_root)
 from .measurement import ALPHAS, METHODS, THRESHOLDS, Run, best_alpha, measure, time_runs
@@ -88,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="replace the comparison already in --out (refused without it)")
     args = p.parse_args(argv)
     chosen_run(p, args, required=False)
+    quick = sorted(explicit_options(p, argv) & {"model", "train_limit"})
+    if args.run is not None and quick:  # they would be silently unused
+        p.error(f"--{quick[0].replace('_', '-')} sets up the quick model trained when no RUN is given; "
+                f"{args.run} is compared as it is")
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; give a folder")
     return args
