@@ -59,7 +59,7 @@ class Row:
 
     @property
     def size(self) -> str:
-        kind = {"fc": "hidden", "conv": "channels", "multitier": "channels"}[self.model]
+        kind = {"fc": "hidden", "conv": "channels", "multitier": "channels", "cnn": "channels"}[self.model]
         return f"{', '.join(map(str, self.width))} {kind}"
 
     def milestones(self) -> list[int]:
@@ -111,6 +111,9 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("fashion-mnist-fc", "fashion-mnist", "fc", (87,), 15, 1e-3, "cosine"),
     Row("fashion-mnist-conv", "fashion-mnist", "conv", (32,), 1, 2e-3, "cosine"),
     Row("fashion-mnist-multitier", "fashion-mnist", "multitier", (8, 16, 16), 1, 3e-3, "cosine"),
+    # the reference: a plain CNN (W = 0: conv, ReLU, pool, head; 64 channels ≈ the 32-channel
+    # monDEQ's parameters) trained by the same command
+    Row("fashion-mnist-cnn", "fashion-mnist", "cnn", (64,), 1, 2e-3, "cosine"),
     Row("fashion-mnist-certified-fc-0.1", "fashion-mnist", "fc", (87,), 10, 3e-3, "cosine",
         certified_eps=0.1, loss=CERTIFIED_LOSS),
     Row("fashion-mnist-certified-fc-0.3", "fashion-mnist", "fc", (87,), 10, 3e-3, "cosine",
