@@ -1,6 +1,8 @@
 """`mondeq dbm`: a tiny run writes its files, resumes to bit-identical weights, and its model
 completes a user's images in three lines."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,13 +58,15 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(run, tmp_path):
 
 
 def test_readme_three_lines_complete_a_users_images(run):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Monotone deep Boltzmann machines"):]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    assert code.count("\n") == 3
     images = torch.rand(3, 28, 28)
     observed = torch.rand(3, 28, 28) < 0.4
-    # the README's three lines
-    from mondeq.categorical import load_dbm
-    model = load_dbm(run)
-    out = model.complete(images, observed)
-    filled, label = out.expected_intensity(), out.label.argmax(1)
+    scope = {"images": images, "observed": observed}
+    exec(compile(code.replace("runs/dbm-k2", str(run)), "README.md", "exec"), scope)
+    out, filled, label = scope["out"], scope["filled"], scope["label"]
     assert filled.shape == (3, 28, 28) and label.shape == (3,)
     assert out.stats.forward.converged
     # observed pixels keep their bin: the completion there is the bin centre

@@ -32,6 +32,9 @@ def test_w_is_symmetric_hollow_and_i_minus_w_is_at_least_m():
     # hollow: each diagonal block is D_i − A_iᵀA_i, zero up to the round-off of that cancellation
     assert max(float(b.abs().max()) for b in blocks_of(w)) <= 1e-15 * float(w.abs().max())
     assert torch.linalg.eigvalsh(torch.eye(len(w), dtype=w.dtype) - w).min() >= c.m - 1e-12
+    # the block structure (what bounds read) gives ‖I − W‖₂ of the dense matrix, under the operator's L
+    norm = float(torch.linalg.matrix_norm(torch.eye(len(w), dtype=w.dtype) - w, ord=2))
+    assert abs(float(c.block_structure().operator_norm()) - norm) <= 1e-12 and norm <= c.operator().lipschitz()
     # mv agrees with the dense matrix, and the resolvent inverts I + α(I − W)
     op = c.operator()
     z = op.zeros(3)

@@ -169,6 +169,16 @@ class HollowDense(nn.Module):
     def state_shape(self) -> tuple[tuple[int, ...], ...]:
         return tuple((v * k,) for v, k in self.tiers)
 
+    def block_structure(self):
+        r"""The exact structure (:mod:`mondeq.operators.structure`): one block,
+        :math:`I - W = (I - D) + A^\top A` in the standard basis; no input map (conditioning is by
+        clamping), so :math:`U` has no columns."""
+        from ..operators.structure import single_block
+
+        w = self.operator().as_matrix()
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        return single_block(self.m, w.new_zeros(w.shape[0], 0), identity_minus_w=eye - w)
+
     def operator(self) -> HollowDenseOperator:
         """W built from the current A (differentiable in A)."""
         columns, blocks, start = [], [], 0

@@ -61,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/dbm"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this epoch of the --epochs schedule (continue later with --resume)")
     p.add_argument("--device", type=device_arg, default=default_device())
@@ -86,6 +87,8 @@ def run(argv: list[str] | None = None) -> int:
         parser().error(f"--alpha must be ≤ 1 (the simplex-entropy prox is applied at α), got {args.alpha}")
     if not args.observed < 1:
         parser().error(f"--observed must be a fraction below 1, got {args.observed}")
+    if not (args.resume or args.overwrite) and any((args.out / f).exists() for f in ("checkpoint.pt", "results.json")):
+        parser().error(f"--out {args.out} already holds a run; pass --resume to continue it or --overwrite")
     torch.manual_seed(args.seed)
     train_x, train_y, test_x, test_y = _data(args)
     shape = tuple(train_x.shape[1:])
