@@ -104,3 +104,32 @@ def test_implicit_gradients_match_finite_differences_on_the_conv_model():
             p.sub_(2 * eps * d)
         minus = loss()
     assert abs(float(analytic) - float(plus - minus) / (2 * eps)) <= 1e-6 * max(1.0, abs(float(analytic)))
+
+
+@pytest.mark.parametrize("tiers,kernels", [
+    (((6, 6, 6, 3),), ((0, 0, 3),)),                                   # one convolution, two groups of 3
+    (((2, 4, 6, 2), (4, 4, 6, 2)), ((0, 0, 3), (1, 0, 3), (1, 1, 1))),  # two tiers on one grid
+])
+def test_shift_invariant_couplings_get_the_exact_fft_resolvent(tiers, kernels):
+    c = HollowMultiTier(tiers, kernels, m=0.2, scale=2.0, generator=torch.Generator().manual_seed(0)).double()
+    op = c.operator()
+    with torch.no_grad():
+        w = op.as_matrix()
+        resolvent = op.resolvent(0.6)
+        assert type(resolvent).__name__ == "FourierResolvent"
+        r = unflatten(torch.randn(3, len(w), dtype=w.dtype), op.zeros(3))
+        x = resolvent.solve(r)
+    eye = torch.eye(len(w), dtype=w.dtype)
+    assert max(float(w[i][:, i].abs().max()) for i in _blocks(tiers)) <= 1e-14 * float(w.abs().max())
+    assert torch.allclose(flatten(x) @ (1.6 * eye - 0.6 * w).T, flatten(r), atol=1e-11)
+
+
+def _blocks(tiers):
+    start = 0
+    for c, h, wd, k in tiers:
+        idx = torch.arange(c * h * wd).view(c // k, k, h, wd) + start
+        for g in range(c // k):
+            for y in range(h):
+                for x in range(wd):
+                    yield idx[g, :, y, x]
+        start += c * h * wd

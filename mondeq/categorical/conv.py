@@ -15,7 +15,8 @@ strided couplings. For a single stride-1 convolution D is one 1×1 operator and 
 shift-invariant. The scaling is symmetric and per variable (:mod:`mondeq.categorical.dense`):
 :math:`A \leftarrow AS` with S periodic like D, so :math:`I - W \succeq mI`.
 
-The resolvent :math:`(I + \alpha(I - W))^{-1}` of this symmetric positive definite system is applied
+The resolvent :math:`(I + \alpha(I - W))^{-1}` is exact by FFT when W is shift-invariant
+(:mod:`mondeq.categorical.fourier`); otherwise this symmetric positive definite system is solved
 by conjugate gradients preconditioned with its exact block diagonal :math:`(1 + \alpha)I - \alpha D`,
 to a relative residual of 1e-12 (float64) or 1e-6 (float32): the methods' ``converged`` is still
 confirmed on the true mean-field residual (:mod:`splitting.loop`).
@@ -32,6 +33,7 @@ from torch.nn import functional as nnf
 from splitting import LinearOperator, Resolvent, State
 from splitting.operator import check_alpha, check_margin
 from ..errors import InvalidSettingError
+from .fourier import FourierResolvent, shift_invariant
 
 
 class Coupling:
@@ -107,7 +109,10 @@ class HollowConvOperator(LinearOperator):
         return self.mv(z)  # W is symmetric
 
     def resolvent(self, alpha: float) -> Resolvent:
-        return CGResolvent(self, check_alpha(alpha))
+        """Exact per frequency when W is shift-invariant (:mod:`mondeq.categorical.fourier`), else
+        preconditioned conjugate gradients."""
+        alpha = check_alpha(alpha)
+        return FourierResolvent(self, alpha) if shift_invariant(self.owner) else CGResolvent(self, alpha)
 
     def lipschitz(self) -> float:
         r""":math:`1 + \|A\|_2^2 \ge \|I - W\|_2`, with :math:`\|A\|_2 \le \|(\|K_{ij}\|)\|_F` and each
