@@ -13,8 +13,10 @@ batch 128, PR α = 1, tol 1e-2, Adam, float32) prints per architecture and per l
 ``--before PATH`` names a second checkout of the library (e.g. ``git worktree add /tmp/base
 HEAD~5``). Both libraries are loaded into this one process and their steps are interleaved
 (A, B, A, B …) on the same batches, so both see the same machine load; the floor is priced once
-with this checkout's model. Timings on a shared machine are noisy; operation and iteration
-counts are not.
+with this checkout's model. With ``--threads 1`` (the default) step times and the floor's kernel
+timings are this process's CPU time, which time slicing on a shared machine does not inflate
+(wall times are printed beside them); they are still noisy there (caches, memory bandwidth are
+shared). Operation and iteration counts are exact.
 
     OMP_NUM_THREADS=1 python experiments/bench_step.py --before /tmp/base31 --threads 1
 """
@@ -66,10 +68,11 @@ class Run:
         self.lib, self.model = lib, lib[arch]()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.iterations: list[tuple[int, int]] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor, *, timed: bool) -> None:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         logits, stats = self.model.forward_with_stats(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         self.opt.zero_grad(set_to_none=True)
@@ -77,6 +80,7 @@ class Run:
         self.opt.step()
         if timed:
             self.times.append(time.perf_counter() - start)
+            self.cpu_times.append(time.process_time() - start_cpu)
             self.iterations.append((stats.forward.iterations, stats.backward.iterations))
 
     def ops_per_iteration(self, x: torch.Tensor) -> tuple[float, float, int]:
@@ -140,12 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, run in runs.items():
             fwd = statistics.mean(i for i, _ in run.iterations)
             bwd = statistics.mean(i for _, i in run.iterations)
-            step = statistics.median(run.times)
+            step = statistics.median(run.cpu_times if args.threads == 1 else run.times)
             floor = step_floor(shapes[arch](), args.batch_size, forward_iterations=fwd,
                                backward_iterations=bwd, timer=timer)
             ops_f, ops_b, ops_step = run.ops_per_iteration(x)
-            print(f"  {name:6s} {floor_line(step, floor)}  (min {1000 * min(run.times):.3g} ms)  "
-                  f"iterations fwd {fwd:.1f} bwd {bwd:.1f}")
+            print(f"  {name:6s} {floor_line(step, floor)}  (wall: median {1000 * statistics.median(run.times):.3g}"
+                  f" ms, min {1000 * min(run.times):.3g} ms)  iterations fwd {fwd:.1f} bwd {bwd:.1f}")
             print(f"         ops per PR iteration: forward {ops_f:.0f}, backward {ops_b:.0f}; "
                   f"ops per step {ops_step}")
             print(f"         {floor.describe()}")
