@@ -52,9 +52,12 @@ class MonotoneLinear(MonotoneParametrisation):
         return torch.linalg.matrix_norm(self.U.weight, ord=2)
 
     def block_structure(self, *, input_scale: Tensor | None = None) -> BlockStructure:
-        r"""One block in the standard basis: factor F, skew part :math:`G - G^\top`, :math:`I - W`
-        from :meth:`weight` when asked for, and :math:`UD` (one multiplier per hidden unit)."""
+        r"""One block in the standard basis: factor F, :math:`I - W` from :meth:`weight` when
+        asked for, and :math:`UD` (one multiplier per hidden unit)."""
         u = self.U.weight
-        eye = torch.eye(self.F.shape[0], dtype=self.F.dtype, device=self.F.device)
+
+        def identity_minus_w() -> Tensor:
+            return torch.eye(self.F.shape[0], dtype=self.F.dtype, device=self.F.device) - self.weight()
+
         return single_block(self.m, u * expand_input_scale(input_scale, u.shape[1], u),
-                            factor=self.F, skew=self.G - self.G.T, identity_minus_w=lambda: eye - self.weight())
+                            factor=self.F, identity_minus_w=identity_minus_w)

@@ -76,7 +76,8 @@ class BlockStructure:
         factor: blocks :math:`F_b` ``(blocks, e, d)`` with :math:`I - W = mI + F^HF + K`, or
             ``None`` (then ``identity_minus_w`` is given).
         skew: blocks :math:`K_b` (skew-Hermitian) ``(blocks, d, d)``, or ``None`` for
-            :math:`K = 0`; only with ``factor``.
+            :math:`K = 0`; only with ``factor``, and read only to form the blocks of I − W when
+            ``identity_minus_w`` is not given.
         identity_minus_w: blocks :math:`X_b` of :math:`I - W` ``(blocks, d, d)``, or a function
             of no argument returning them (built on first use), when the family builds them
             directly (else :meth:`identity_minus_w_blocks` forms them from ``factor``).
@@ -133,15 +134,16 @@ class BlockStructure:
         r""":math:`a_b^H S_b a_b` per block for coordinates ``a`` ``(K, blocks, d)``: ``(K, blocks)``,
         real. From the factor when there is one (:math:`2m\|a\|^2 + 2\|Fa\|^2`: the skew part
         drops out exactly, and no :math:`F^HF` is formed)."""
+        rows = a.transpose(0, 1)  # (blocks, K, d): one batched product over the blocks
         if self.factor is not None:
-            fa = torch.einsum("bij,kbj->kbi", self.factor.to(a.dtype), a)
-            return 2 * self.margin * _sq(a) + 2 * _sq(fa)
-        xa = torch.einsum("bij,kbj->kbi", self.identity_minus_w_blocks().to(a.dtype), a)
-        return 2 * (a.conj() * xa).real.sum(-1)
+            fa = rows @ self.factor.to(a.dtype).mT
+            return (2 * self.margin * _sq(rows) + 2 * _sq(fa)).T
+        xa = rows @ self.identity_minus_w_blocks().to(a.dtype).mT
+        return 2 * (rows.conj() * xa).real.sum(-1).T
 
     def input_form(self, a: Tensor) -> Tensor:
         r""":math:`\|V_b^H a_b\|^2 = a_b^H P_b a_b` per block for ``a`` ``(K, blocks, d)``: ``(K, blocks)``."""
-        return _sq(torch.einsum("bji,kbj->kbi", self.input_map.conj().to(a.dtype), a))
+        return _sq(a.transpose(0, 1).conj() @ self.input_map.to(a.dtype)).T
 
     def input_norm(self) -> Tensor:
         r""":math:`\|UD\|_2`: the largest singular value over the blocks (0-d, differentiable)."""

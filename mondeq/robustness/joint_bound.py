@@ -173,8 +173,12 @@ def minimise_gamma_squared(w: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     lo_t = torch.zeros(pairs, dtype=torch.float64)
     hi_t = torch.full_like(lo_t, hi)
     rising_at_hi = slope_sign(hi_t) > 0
-    for _ in range(_BISECTIONS):
+    for step in range(_BISECTIONS):
         mid = 0.5 * (lo_t + hi_t)
+        # once every bracket is one float wide nothing moves again: slope(lo) ≤ 0 always, so
+        # hi stays (the rest of the 100 steps would leave τ as it is)
+        if step % 8 == 7 and bool(((mid == lo_t) | (mid == hi_t)).all()):
+            break
         up = slope_sign(mid) > 0
         hi_t = torch.where(up, mid, hi_t)
         lo_t = torch.where(up, lo_t, mid)
