@@ -8,11 +8,14 @@ After the resolvent, an iteration forms (per tier)
 (the estimate of :mod:`splitting.peaceman_rachford` at α = 1). In eager mode that is five
 passes over the state (``lerp``, the prox, ``sub``, two norms: ten state-sized memory
 transfers); fused into one loop it reads :math:`z_{1/2}, u_{1/2}` and writes :math:`u, z` (four).
-On the paper's convolutional state (128 × 54 × 30 × 30, float32, one CPU thread) that measured
-43–58 ms against 71–89 ms eager, interleaved on a loaded machine; on the FC state (128 × 87) a
-compiled call costs more than the five small eager ones. So the fused tail is used only on the
-CPU, for states of at least :data:`MIN_ELEMENTS` values, for ReLU and for the backward
-problem's diagonal prox (:class:`~splitting.prox.DiagonalQuadratic`, :math:`z = Ju` at α = 1).
+On the paper's convolutional state (128 × 54 × 30 × 30, float32, one CPU thread) the tail alone
+measured 43–58 ms against 71–89 ms eager, and 8 forward PR iterations 0.79–0.88 s against
+0.90–0.96 s of CPU time (interleaved, loaded machine); on the multi-tier state (2.6 M values in
+three tiers) there was no measurable gain, and on the FC state (128 × 87) a compiled call costs
+more than the five small eager ones. So the fused tail is used only on the CPU, for states of
+at least :data:`MIN_ELEMENTS` values, for ReLU and for the backward problem's diagonal prox
+(:class:`~splitting.prox.DiagonalQuadratic`, :math:`z = Ju` at α = 1). Compiling costs a few
+seconds once per process (inductor's disk cache shortens later ones).
 
 The first call of each compiled function is checked against the eager tail on the same
 tensors; a mismatch, or any failure to compile (no C++ compiler, say), turns fusion off for the
