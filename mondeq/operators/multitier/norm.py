@@ -24,11 +24,12 @@ class AliasGroups:
     frequency of the last tier (see :func:`alias_groups`).
 
     Attributes:
-        x: the blocks, shape (frequencies, d, d), complex128.
+        x: the blocks, shape (frequencies, d, d), in the spectra's complex dtype (complex128 from
+            :func:`alias_groups`).
         index, conj: per tier i, the frequencies of tier i folding onto each last-tier frequency
             (shape (frequencies, 4^{T-1-i})) and whether each folds conjugated.
         offsets: where tier i's rows start in a block (``offsets[T]`` = d).
-        spectra: the complex128 spectra ``(A, G, C)`` the blocks were built from.
+        spectra: the spectra ``(A, G, C)`` the blocks were built from.
     """
 
     x: Tensor
