@@ -89,12 +89,13 @@ def test_a_results_json_given_as_a_checkpoint_is_named_as_such(run, capsys, tmp_
 
 @pytest.mark.parametrize("content, said", [
     (b"", "empty"), (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"# notes\n", "text file"),
-    ("truncated", "truncated or damaged"), ("state_dict", "bare state_dict"), ("module", "pickled model"),
+    ("truncated", "truncated or damaged"), ("half", "truncated or damaged"), ("state_dict", "bare state_dict"), ("module", "pickled model"),
 ])
 def test_only_a_file_proven_damaged_is_called_damaged(run, tmp_path, content, said):
     path = tmp_path / "checkpoint.pt"
-    if content == "truncated":
-        path.write_bytes((run / "checkpoint.pt").read_bytes()[:2000])
+    if content in ("truncated", "half"):
+        data = (run / "checkpoint.pt").read_bytes()
+        path.write_bytes(data[:2000] if content == "truncated" else data[:len(data) // 2])
     elif content == "state_dict":
         torch.save(torch.nn.Linear(2, 2).state_dict(), path)
     elif content == "module":
@@ -104,7 +105,7 @@ def test_only_a_file_proven_damaged_is_called_damaged(run, tmp_path, content, sa
     with pytest.raises(CheckpointError, match=said) as info:
         mondeq.load_run(path)
     assert "delete" not in str(info.value)
-    assert ("damaged" in str(info.value)) == (content == "truncated")
+    assert ("damaged" in str(info.value)) == (content in ("truncated", "half"))
 
 
 # --- 2. no silent overwrite --------------------------------------------------------------------

@@ -21,8 +21,8 @@ from ..errors import CheckpointError, DeviceUnavailableError
 
 __all__ = ["check_device", "describe_content", "not_a_checkpoint", "unreadable"]
 
-#: What torch.load raises for a file it cannot decode (an OSError with an errno, e.g. a denied
-#: permission, and an out-of-memory error are reported as they are).
+#: What torch.load raises for a file it cannot decode (a denied permission, a missing file and an
+#: out-of-memory error are reported as they are).
 LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
                AttributeError, ImportError, IndexError, KeyError, TypeError)
 
@@ -69,8 +69,8 @@ def unreadable(path: str | os.PathLike[str], err: BaseException) -> BaseExceptio
     :class:`~mondeq.errors.DeviceUnavailableError`, a :class:`~mondeq.errors.CheckpointError`
     saying what the file is, or ``err`` itself (an OSError with an errno, out of memory)."""
     text = " ".join(str(err).split())
-    if isinstance(err, torch.OutOfMemoryError) or (isinstance(err, OSError) and err.errno is not None):
-        return err
+    if isinstance(err, (torch.OutOfMemoryError, PermissionError, FileNotFoundError, IsADirectoryError)):
+        return err  # not the file's content (torch's reader raises other OSErrors on a cut archive)
     if "deserialize object on" in text or "torch.cuda.is_available() is False" in text:
         return DeviceUnavailableError(f"cannot load {path}: it holds tensors saved on a device this machine "
                                       f"lacks ({text}). The file may be fine: load it with "
