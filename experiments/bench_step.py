@@ -38,7 +38,7 @@ from mondeq.data import load_mnist, normalize
 from mondeq.perf import KernelTimer, floor_line, step_floor
 from mondeq.perf.checkout import import_checkout
 
-ARCHES = {"fc": 200, "conv": 4, "multitier": 4}  # timed steps per library (interleaved)
+ARCHES = {"fc": 100, "conv": 4, "multitier": 4}  # timed steps per library (interleaved)
 
 
 class OpCounter(TorchDispatchMode):
