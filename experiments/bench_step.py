@@ -10,7 +10,8 @@ batch 128, PR α = 1, tol 1e-2, Adam, float32) prints per architecture and per l
 * the tensor operations per PR iteration (ATen calls through the dispatcher, forward and
   backward problems; FFTs done by scipy are not ATen calls), and per training step.
 
-``--before PATH`` names a second checkout of the library (e.g. ``git worktree add /tmp/base
+On CUDA step times are wall times with the device synchronised, and the floor is priced with
+the device's own rates. ``--before PATH`` names a second checkout of the library (e.g. ``git worktree add /tmp/base
 HEAD~5``). Both libraries are loaded into this one process and their steps are interleaved
 (A, B, A, B …) on the same batches, so both see the same machine load; the floor is priced once
 with this checkout's model. With ``--threads 1`` (the default) step times and the floor's kernel
@@ -34,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import mondeq
 import splitting
 import splitting.prox
+from mondeq.cli import device_arg
 from mondeq.data import load_mnist, normalize
 from mondeq.perf import KernelTimer, floor_line, step_floor
 from mondeq.perf.checkout import import_checkout
@@ -63,21 +65,27 @@ def library(mondeq, splitting) -> dict:
 class Run:
     """One library's model and optimizer for one architecture, stepped on shared batches."""
 
-    def __init__(self, lib: dict, arch: str) -> None:
+    def __init__(self, lib: dict, arch: str, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.lib, self.model = lib, lib[arch]()
+        self.lib, self.model, self.device = lib, lib[arch]().to(device), device
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.iterations: list[tuple[int, int]] = []
 
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def step(self, x: torch.Tensor, y: torch.Tensor, *, timed: bool) -> None:
+        self.sync()
         start, start_cpu = time.perf_counter(), time.process_time()
         logits, stats = self.model.forward_with_stats(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.sync()
         if timed:
             self.times.append(time.perf_counter() - start)
             self.cpu_times.append(time.process_time() - start_cpu)
@@ -105,7 +113,7 @@ class Run:
                     counts.append(sum(c.counts.values()))
                 per.append((counts[1] - counts[0]) / 4)
         with OpCounter() as c:
-            self.step(x, torch.zeros(x.shape[0], dtype=torch.long), timed=False)
+            self.step(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), timed=False)
         return per[0], per[1], sum(c.counts.values())
 
 
@@ -116,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=float, default=1.0, help="scale of the timed steps per architecture")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the models, the data and the floor's kernels run (default: cuda when available)")
     args = p.parse_args(argv)
+    cpu_clock = args.device.type == "cpu" and args.threads == 1
     torch.set_num_threads(args.threads)
     libs = {"after": library(mondeq, splitting)}
     if args.before is not None:
@@ -125,18 +136,18 @@ def main(argv: list[str] | None = None) -> None:
 
     images, labels = load_mnist(train=True)
     images = normalize(images)
-    timer = KernelTimer("cpu", torch.float32)
-    print(f"threads={torch.get_num_threads()} batch={args.batch_size}  PR α=1 tol=1e-2  "
+    timer = KernelTimer(args.device, torch.float32)
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size}  PR α=1 tol=1e-2  "
           f"libraries: " + ", ".join(f"{k}={v['root']}" for k, v in libs.items()))
     for arch in args.arch:
-        runs = {name: Run(lib, arch) for name, lib in libs.items()}
+        runs = {name: Run(lib, arch, args.device) for name, lib in libs.items()}
         steps = max(1, round(ARCHES[arch] * args.steps))
         warmup = 3 if arch == "fc" else 1
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(images), generator=generator)
         for i in range(warmup + steps):
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            x, y = images[idx], labels[idx]
+            x, y = images[idx].to(args.device), labels[idx].to(args.device)
             x = x.reshape(len(x), -1) if arch == "fc" else x
             for run in runs.values():
                 run.step(x, y, timed=i >= warmup)
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, run in runs.items():
             fwd = statistics.mean(i for i, _ in run.iterations)
             bwd = statistics.mean(i for _, i in run.iterations)
-            step = statistics.median(run.cpu_times if args.threads == 1 else run.times)
+            step = statistics.median(run.cpu_times if cpu_clock else run.times)
             floor = step_floor(shapes[arch](), args.batch_size, forward_iterations=fwd,
                                backward_iterations=bwd, timer=timer)
             ops_f, ops_b, ops_step = run.ops_per_iteration(x)
