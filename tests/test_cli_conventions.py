@@ -19,6 +19,7 @@ import mondeq
 from mondeq.cli import train as train_cli
 from mondeq.cli.compare import main as compare_main
 from mondeq.cli.main import SUBCOMMANDS, main
+from mondeq.cli import reproduce as reproduce_module
 from mondeq.cli.reproduce import main as reproduce_main
 from mondeq.errors import CheckpointError, DeviceUnavailableError, RunExistsError
 from mondeq.training import read_checkpoint
@@ -126,12 +127,17 @@ def test_overwrite_replaced_the_run_and_removed_its_stale_outputs(run):
     assert not (run / "certify.json").exists()
 
 
-def test_reproduce_and_compare_refuse_to_overwrite_results(tmp_path):
+def test_reproduce_and_compare_refuse_to_overwrite_results(tmp_path, monkeypatch):
     (tmp_path / "mnist-fc").mkdir()
     (tmp_path / "mnist-fc" / "results.json").write_text("{}")
     with pytest.raises(RunExistsError, match="--overwrite"):
         reproduce_main(["--row", "mnist-fc", "--runs", str(tmp_path), "--device", "cpu"])
     assert not (tmp_path / "mnist-fc" / "log.txt").exists()  # nothing ran
+    ran = []
+    monkeypatch.setattr(reproduce_module, "run_row", lambda row, **kw: ran.append((row.name, kw)))
+    for how in (["--overwrite"], ["--", "--overwrite"], ["--", "--resume"]):
+        reproduce_main(["--row", "mnist-fc", "--runs", str(tmp_path), "--device", "cpu", *how])
+    assert [name for name, _ in ran] == ["mnist-fc"] * 3 and ran[0][1]["overwrite"]
     (tmp_path / "comparison.csv").write_text("")
     with pytest.raises(RunExistsError, match="--overwrite"):
         compare_main(["--out", str(tmp_path), "--device", "cpu"])

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     done = [f"{args.runs / name} ({describe_run(args.runs / name)})" for name in args.row
             if holds_run(args.runs / name)]
-    if done and not args.overwrite and "--resume" not in extra:
+    if done and not args.overwrite and not {"--resume", "--overwrite"} & set(extra):
         raise RunExistsError(f"already run: {'; '.join(done)}; replace with --overwrite, continue with "
                              "-- --resume, or choose another --runs")
     for name in args.row:
