@@ -198,6 +198,14 @@ def test_every_program_goes_through_the_commands_error_handling_and_takes_device
         assert '"--device"' in source, f"{program.name} has no --device option"
 
 
+@pytest.mark.parametrize("module", [m for m in sorted((REPO / "mondeq" / "cli").rglob("*.py"))
+                                    if '__name__ == "__main__"' in m.read_text()], ids=lambda m: m.name)
+def test_python_dash_m_runs_a_command_under_the_same_handling(module):
+    """``python -m mondeq.cli.train`` is what reproduce's rows run: its mistakes are one line too."""
+    main_block = module.read_text().split('__name__ == "__main__"')[1]
+    assert "run_command(" in main_block or "run_program(" in main_block, module.name
+
+
 def test_out_of_memory_and_interrupts_end_in_one_line(capsys):
     from mondeq.cli.main import run_program
 

@@ -325,5 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m mondeq.cli.device_check: the same as mondeq device-check
+    from .main import run_command
+
+    sys.exit(run_command("device-check"))

@@ -302,4 +302,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m mondeq.cli.reproduce: the same program as experiments/reproduce.py
-    sys.exit(main())
+    from .main import run_command
+
+    sys.exit(run_command("reproduce"))

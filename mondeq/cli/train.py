@@ -35,7 +35,7 @@ from ..training.distributed import (DistInfo, broadcast_object, rank_batches, se
 from ..training.resume import gather_objects, plain
 from ..training.schedules import make_schedule
 from ..training.step_size import STEP_RULES, AlphaTuner, StableStep
-from .main import error_text
+from .main import error_text, run_command
 from .plots import plot_curves
 from .robustness_report import LOOSENESS_IMAGES, final_certificate, looseness_report
 from .train_options import MODELS, diverged_hint, parse_args, refuse_existing_run, replace_run, resume_config
@@ -394,4 +394,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m mondeq.cli.train: the same program as experiments/train.py
-    sys.exit(run())
+    sys.exit(run_command("train"))
