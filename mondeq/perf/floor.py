@@ -145,8 +145,8 @@ class FloorReport:
 
     def describe(self) -> str:
         ms = 1000.0
-        rates = ", ".join(f"{kind} {rate / (1e9 if kind != 'stream' else 1e9):.1f} "
-                          f"{'GB/s' if kind == 'stream' else 'GFLOP/s'}" for kind, rate in self.rates.items())
+        rates = ", ".join(f"{kind} {rate / 1e9:.1f} {'GB/s' if kind == 'stream' else 'GFLOP/s'}"
+                          for kind, rate in self.rates.items())
         return (f"floor {ms * self.total:.3g} ms (forward iterations {ms * self.forward:.3g}, backward "
                 f"{ms * self.backward:.3g}, factorisation {ms * self.factorisation:.3g}, rest "
                 f"{ms * self.rest:.3g}; {self.flops / 1e9:.3g} GFLOP); rates: {rates}")
