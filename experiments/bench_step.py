@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import mondeq
 import splitting
 import splitting.prox
 from mondeq.cli import device_arg
+from mondeq.cli.main import run_program
 from mondeq.data import load_mnist, normalize
 from mondeq.perf import KernelTimer, floor_line, step_floor
 from mondeq.perf.checkout import import_checkout
@@ -166,5 +168,5 @@ def main(argv: list[str] | None = None) -> None:
             print(f"         {floor.describe()}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # one-line errors, as the mondeq command's
+    sys.exit(run_program(main))
