@@ -27,6 +27,8 @@ NORMS = ("l2", "linf")
 LOSSES = ("margin", "ce")
 #: Restarts of :func:`pgd` and of ``mondeq certify``'s attack (the first from x, then random).
 PGD_RESTARTS = 2
+#: Steps between :func:`pgd`'s checks whether every example is already misclassified.
+CHECK_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
         steps: int = 50, step_size: float | Tensor | None = None, restarts: int = PGD_RESTARTS,
         bounds: tuple[float, float] | None = (0.0, 1.0), loss: str = "margin",
         generator: torch.Generator | None = None, tol: float | None = CERTIFY_TOL,
-        dtype: torch.dtype | None = CERTIFY_DTYPE, mean: None = None, std: None = None) -> AttackResult:
+        dtype: torch.dtype | None = CERTIFY_DTYPE, stop_when_broken: bool = True, mean: None = None,
+        std: None = None) -> AttackResult:
     r"""PGD with random restarts against ``model(x)`` on pixel-scale inputs, maximising the loss.
 
     Each step moves along the normalised gradient (ℓ2) or its sign (ℓ∞), then projects back onto
@@ -136,6 +139,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
         tol: the verdict's re-solve tolerance (default ``CERTIFY_TOL``; ``None``: the layer's
             own, the old verdict, which a loose solve can fake).
         dtype: the verdict's precision (default float64; ``None``: the model's).
+        stop_when_broken: stop (steps and restarts) once every example's margin is negative at
+            the attack's own solves (checked every ``CHECK_EVERY`` steps): the verdict is taken at
+            the truth anyway, and further steps would only deepen a found misclassification.
         mean, std: refused: the model owns its normalisation.
 
     Returns:
@@ -197,10 +203,14 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
 
     try:
         for restart in range(restarts):
+            if stop_when_broken and restart and bool((best_margin < 0).all()):
+                break
             x_cur = clip(x.clone() if restart == 0 else x + _random_start(x, eps_t, norm, generator))
-            for _ in range(steps):
+            for step in range(steps):
                 margin, g = evaluate(x_cur.detach(), True)
                 keep(x_cur.detach(), margin)
+                if stop_when_broken and step % CHECK_EVERY == CHECK_EVERY - 1 and bool((best_margin < 0).all()):
+                    break
                 if norm == "l2":
                     direction = g / _expand(_flat_norm(g, "l2").clamp(min=1e-12), g)
                 else:
