@@ -69,6 +69,7 @@ def test_readme_three_lines_complete_a_users_images(run):
     out, filled, label = scope["out"], scope["filled"], scope["label"]
     assert filled.shape == (3, 28, 28) and label.shape == (3,)
     assert out.stats.forward.converged
-    # observed pixels keep their bin: the completion there is the bin centre
-    bins = (images * 2).floor().clamp(max=1)
-    assert torch.equal(filled[observed], (bins[observed] + 0.5) / 2)
+    # observed pixels keep their bin: the completion there is that bin's value
+    bins = (images * 2).floor().clamp(max=1).long()
+    assert torch.equal(filled[observed], out.bin_values[bins][observed])
+    assert out.bin_values[0] < 0.25 < 0.75 < out.bin_values[1]  # E[x | bin] of the training images

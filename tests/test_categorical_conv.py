@@ -50,13 +50,21 @@ def test_w_is_symmetric_exactly_hollow_with_strided_couplings_and_i_minus_w_at_l
     assert torch.allclose(flatten(x) @ (1.8 * eye - 0.8 * w).T, flatten(r), atol=1e-10)
 
 
-def problem(batch=2, seed=1):
-    c = coupling(seed)
+# the methods' grid runs on a smaller chain (4×4 pixels, 2×2 hidden, label), strided couplings kept
+SMALL_TIERS = ((2, 4, 4, 2), (4, 2, 2, 2), (3, 1, 1, 3))
+SMALL_KERNELS = ((0, 0, 3), (1, 0, 3), (1, 1, 1), (2, 1, 2), (2, 2, 1))
+
+
+def problem(batch=2, seed=1, small=False):
+    c = (HollowMultiTier(SMALL_TIERS, SMALL_KERNELS, m=0.3, scale=2.0, generator=torch.Generator().manual_seed(seed)).double()
+         if small else coupling(seed))
+    grid = c.tiers[0][1]
     gen = torch.Generator().manual_seed(seed)
     bias = tuple(torch.randn(batch, *s, generator=gen, dtype=torch.float64) for s in c.state_shape)
-    mask = torch.rand(batch, 1, 8, 8, generator=gen) < 0.4
-    values = one_hot_state(torch.randint(0, 2, (batch, 1, 8, 8), generator=gen), 2).double()
-    clamp = Clamp([mask, None, None, None], [values, None, None, None])
+    mask = torch.rand(batch, 1, grid, grid, generator=gen) < 0.4
+    values = one_hot_state(torch.randint(0, 2, (batch, 1, grid, grid), generator=gen), 2).double()
+    free = [None] * (len(c.tiers) - 1)
+    clamp = Clamp([mask, *free], [values, *free])
     return c, bias, SimplexEntropy(c.sizes, clamp=clamp)
 
 
@@ -66,12 +74,12 @@ METHODS = {"fb": 0.5, "pr": 1.0, "dr": 1.0, "anderson-pr": 1.0, "anderson-fb": 0
 @pytest.mark.parametrize("name", list(METHODS))
 @torch.no_grad()
 def test_every_method_reaches_one_fixed_point_from_ten_starts_on_the_conv_model(name):
-    c, bias, prox = problem(batch=1)
+    c, bias, prox = problem(batch=1, small=True)
     op = c.operator()
     starts = 10
     bias = tuple(b.repeat(starts, 1, 1, 1) for b in bias)
-    prox.clamp = Clamp([prox.clamp.masks[0].repeat(starts, 1, 1, 1), None, None, None],
-                       [prox.clamp.values[0].repeat(starts, 1, 1, 1), None, None, None])
+    prox.clamp = Clamp([prox.clamp.masks[0].repeat(starts, 1, 1, 1), None, None],
+                       [prox.clamp.values[0].repeat(starts, 1, 1, 1), None, None])
     z0 = tuple(torch.rand(starts, *s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
                for s in c.state_shape)
     q, stats = categorical_equilibrium(op, prox, bias, solver=SOLVERS[name], alpha=METHODS[name],
@@ -83,7 +91,7 @@ def test_every_method_reaches_one_fixed_point_from_ten_starts_on_the_conv_model(
 
 
 def test_implicit_gradients_match_finite_differences_on_the_conv_model():
-    c, bias, prox = problem()
+    c, bias, prox = problem(small=True)
     weights = tuple(torch.randn_like(b) for b in bias)
     params = list(c.weights)
     directions = [torch.randn_like(p) for p in params]

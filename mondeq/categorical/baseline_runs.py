@@ -52,7 +52,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int, fraction: f
             loss.backward()
             optimizer.step()
             if bar is not None:
-                bar.update(loss=float(loss))
+                bar.update(loss=float(loss.detach()))
         if bar is not None:
             bar.close()
     return model, time.perf_counter() - start
@@ -94,7 +94,7 @@ def train_rbm(images: Tensor, labels: Tensor, *, bins: int, hidden: int, epochs:
             loss.backward()
             optimizer.step()
             if bar is not None:
-                bar.update(loss=float(loss))
+                bar.update(loss=float(loss.detach()))
         if bar is not None:
             bar.close()
     return model, time.perf_counter() - start
@@ -102,12 +102,14 @@ def train_rbm(images: Tensor, labels: Tensor, *, bins: int, hidden: int, epochs:
 
 @torch.no_grad()
 def rbm_scores(model: MeanFieldRBM, images: Tensor, labels: Tensor, masks: Tensor, *,
-               batch_size: int = 500) -> dict[str, float]:
-    """The RBM's scores, and the largest change of its last mean-field sweep over the test set
-    (far from 0: classic mean field had not settled)."""
+               bin_values: Tensor | None = None, batch_size: int = 500) -> dict[str, float]:
+    """The RBM's scores (expected intensities with ``bin_values``, default the bin centres), and
+    the largest change of its last mean-field sweep over the test set (far from 0: classic mean
+    field had not settled)."""
     device = next(model.parameters()).device
     scores, change = Scores(), 0.0
-    centres = (torch.arange(model.bins, dtype=images.dtype) + 0.5) / model.bins
+    centres = (torch.arange(model.bins, dtype=images.dtype) + 0.5) / model.bins if bin_values is None else \
+        bin_values.to(images.dtype).cpu()
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         observed = masks[start:start + batch_size].to(device)

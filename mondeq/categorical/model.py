@@ -42,12 +42,12 @@ class Completion:
     label: Tensor
     state: State
     stats: EquilibriumStats
+    bin_values: Tensor
 
     def expected_intensity(self) -> Tensor:
-        """The mean of the bin centres (a + ½)/K under each pixel's marginal, ``(B, H, W)``."""
-        k = self.pixels.shape[-1]
-        centres = (torch.arange(k, dtype=self.pixels.dtype, device=self.pixels.device) + 0.5) / k
-        return self.pixels @ centres
+        """The expected intensity under each pixel's marginal, ``(B, H, W)``: Σ_a q_a·value_a with
+        the model's per-bin values (:meth:`CompletionDBM.set_bin_values`)."""
+        return self.pixels @ self.bin_values.to(self.pixels.dtype)
 
 
 class CompletionDBM(nn.Module):
@@ -78,7 +78,19 @@ class CompletionDBM(nn.Module):
             raise StateShapeError(f"tier 0 must hold {pixels} pixel channels and the last tier "
                                   f"{self.classes} label channels; the coupling has {shapes}")
         self.bias = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in shapes])
+        # the intensity each bin stands for: its centre until set from data
+        self.register_buffer("bin_values", (torch.arange(self.bins, dtype=self.bias[0].dtype) + 0.5) / self.bins)
         self.solver, self.alpha, self.tol, self.max_iter = solver, float(alpha), float(tol), int(max_iter)
+
+    @torch.no_grad()
+    def set_bin_values(self, images: Tensor) -> None:
+        """Each bin's value := the mean training intensity of the pixels in it, E[x | bin] (its centre
+        if empty): at K = 2 a bin centre (¼, ¾) is far from MNIST's near-0 and near-1 pixels."""
+        x = images.reshape(-1).to(self.bin_values.device, self.bin_values.dtype)
+        bins = to_bins(x, self.bins)
+        sums = torch.zeros_like(self.bin_values).index_add_(0, bins, x)
+        counts = torch.zeros_like(self.bin_values).index_add_(0, bins, torch.ones_like(x))
+        self.bin_values.copy_(torch.where(counts > 0, sums / counts.clamp_min(1), self.bin_values))
 
     def _groups(self, tier: int) -> tuple[int, ...]:
         shape = self.coupling.state_shape[tier]
@@ -123,7 +135,7 @@ class CompletionDBM(nn.Module):
         state, stats = self.solve(self.clamp(bins, observed), bins.shape[0], **settings)
         b = bins.shape[0]
         pixels = grouped(state[0], self.bins).movedim(2, -1).reshape(b, *self.image_shape, self.bins)
-        return Completion(pixels, state[-1].reshape(b, self.classes), state, stats)
+        return Completion(pixels, state[-1].reshape(b, self.classes), state, stats, self.bin_values)
 
     def complete(self, images: Tensor, observed: Tensor) -> Completion:
         """Complete images in [0, 1] (``(B, H, W)`` or ``(B, 1, H, W)``) from their ``observed``

@@ -32,7 +32,7 @@ from ..training.logs import EpochLog
 from ..training.schedules import cosine
 from .options import HelpFormatter, data_root_arg, default_device, device_arg, positive_float, positive_int
 
-COST_METHODS = {"fb": 0.125, "pr": 1.0, "anderson-pr": 1.0}
+COST_METHODS = {"fb": 0.125, "pr": 0.25, "anderson-pr": 0.25}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,6 +99,7 @@ def run(argv: list[str] | None = None) -> int:
     config = {"model": model_settings, "observed": args.observed, "batch_size": args.batch_size, "lr": args.lr,
               "label_weight": args.label_weight, "train_subset": args.train_subset, "epochs": args.epochs}
     model = build_dbm(model_settings).to(args.device, torch.float32)
+    model.set_bin_values(train_x)  # a function of the training data: the same after a resume
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = (len(train_x) + args.batch_size - 1) // args.batch_size
     scheduler = cosine(optimizer, total_steps=args.epochs * steps)
@@ -153,7 +154,8 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
             "label_accuracy": classifier_accuracy(clf, test_x, test_y, test_masks), "train_seconds": seconds}
         rbm, seconds = train_rbm(train_x, train_y, bins=args.bins, hidden=hidden_units, epochs=args.baseline_epochs,
                                  fraction=args.observed, seed=args.seed, device=args.device, progress=args.progress)
-        results["baselines"]["rbm_mean_field"] = {**rbm_scores(rbm, test_x, test_y, test_masks),
+        results["baselines"]["rbm_mean_field"] = {**rbm_scores(rbm, test_x, test_y, test_masks,
+                                                                             bin_values=model.bin_values),
                                                   "hidden_units": hidden_units, "train_seconds": seconds}
     cost = min(args.cost_batch, len(test_x))
     results["inference_cost"] = inference_cost(model, test_x[:cost], test_masks[:cost], methods=COST_METHODS)
