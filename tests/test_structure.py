@@ -258,7 +258,7 @@ def test_multitier_joint_training_steps_reach_every_kernel_and_lower_the_loss():
         opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.step()
     linear = model.layer.linear
     for p in (*linear.A, *linear.S, linear.U.weight, model.head.weight):
