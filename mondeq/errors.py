@@ -52,8 +52,10 @@ class DatasetFileError(MonDEQError, ValueError):
     @classmethod
     def corrupt(cls, path: Path, what: str) -> "DatasetFileError":
         """The error for a file that exists but cannot be read as expected."""
-        return cls(f"{path}: {what}. The file is corrupt or incomplete; delete it so that it is "
-                   "downloaded again (or copy a good one in its place).")
+        return cls(f"{path}: {what}. It is not a readable dataset file: a truncated download, or "
+                   "another file under this name. Move it aside and put the official file in its "
+                   "place (the loaders of MNIST and Fashion-MNIST fetch a missing file when asked "
+                   "to download).")
 
 
 class ChecksumError(DatasetFileError):

@@ -14,7 +14,7 @@ from mondeq import certify, fc_mondeq, load_run, pgd
 from mondeq.cli import certify as certify_cli
 from mondeq.cli import train as train_cli
 from mondeq.data import load_dataset
-from mondeq.robustness.attacks import PGD_RESTARTS
+from mondeq.robustness.attacks import PGD_RESTARTS, PGD_STEPS
 from mondeq.robustness.certification import CERTIFY_TOL
 
 EPSILONS = ["0.05", "0.1", "0.3"]
@@ -65,9 +65,10 @@ def test_a_weaker_certificate_says_how_it_is_weaker():
     assert bool((weak.radius <= strong.radius.float() + 1e-6).all())
 
 
-def test_the_command_and_pgd_share_the_restarts_and_the_tolerance():
+def test_the_command_and_pgd_share_the_steps_restarts_and_the_tolerance():
     parameters = inspect.signature(pgd).parameters
     args = certify_cli.parse_args(["RUN"])
+    assert parameters["steps"].default == PGD_STEPS == args.steps
     assert parameters["restarts"].default == PGD_RESTARTS == args.restarts
     assert parameters["tol"].default == CERTIFY_TOL == args.tol
     assert inspect.signature(certify).parameters["tol"].default == CERTIFY_TOL

@@ -22,7 +22,7 @@ import torch
 from ..data import load_dataset, load_mnist, mnist_root
 from ..models import load_run
 from ..robustness import pairwise_lipschitz, pgd
-from ..robustness.attacks import PGD_RESTARTS
+from ..robustness.attacks import PGD_RESTARTS, PGD_STEPS
 from ..robustness.certification import (CERTIFY_BOUNDS, CERTIFY_DTYPE, CERTIFY_MULTIPLIERS, CERTIFY_TOL,
                                         TIGHT_MAX_ITER, certificate_constants, certified_accuracy, certify)
 from ..robustness.joint_bound import MULTIPLIERS
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=positive_int, default=None, help="certify only the first N test images")
     p.add_argument("--attack-limit", type=positive_int, default=None,
                    help="attack only the first N test images (default: all certified ones)")
-    p.add_argument("--steps", type=positive_int, default=20,
+    p.add_argument("--steps", type=positive_int, default=PGD_STEPS,
                    help="PGD steps per restart (in the run's float32; verdicts at --tol in --dtype)")
     p.add_argument("--restarts", type=positive_int, default=PGD_RESTARTS, help="PGD restarts (the first from x)")
     p.add_argument("--soundness-checks", type=int, default=8,

@@ -27,6 +27,8 @@ NORMS = ("l2", "linf")
 LOSSES = ("margin", "ce")
 #: Restarts of :func:`pgd` and of ``mondeq certify``'s attack (the first from x, then random).
 PGD_RESTARTS = 2
+#: Steps per restart of :func:`pgd` and of ``mondeq certify``'s attack.
+PGD_STEPS = 50
 #: Steps between :func:`pgd`'s checks whether every example is already misclassified.
 CHECK_EVERY = 5
 
@@ -107,7 +109,7 @@ def margins(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: str = "l2",
-        steps: int = 50, step_size: float | Tensor | None = None, restarts: int = PGD_RESTARTS,
+        steps: int = PGD_STEPS, step_size: float | Tensor | None = None, restarts: int = PGD_RESTARTS,
         bounds: tuple[float, float] | None = (0.0, 1.0), loss: str = "margin",
         generator: torch.Generator | None = None, tol: float | None = CERTIFY_TOL,
         dtype: torch.dtype | None = CERTIFY_DTYPE, stop_when_broken: bool = True, mean: None = None,
