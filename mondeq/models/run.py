@@ -5,7 +5,6 @@ import os
 
 import torch
 
-from ..training.checkpoint import load_checkpoint, read_checkpoint
 from .classifier import MonDEQClassifier
 from .zoo import build_model
 
@@ -45,6 +44,8 @@ def load_run(path: str | os.PathLike[str], *,
             one, or one whose weights do not fit its config.
     """
     from ..pretrained.registry import resolve_run  # a pretrained name: its shipped checkpoint
+    # imported here: mondeq.training (its loop, the losses) imports the models
+    from ..training.checkpoint import load_checkpoint, read_checkpoint
 
     path = resolve_run(path)
     state = read_checkpoint(path, map_location=map_location, required=MODEL_KEYS)
