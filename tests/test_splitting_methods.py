@@ -316,12 +316,10 @@ def test_fbf_checks_its_step_against_one_over_L():
 # ------------------------------------------------------------------- the comparison experiment
 
 def test_compare_splitting_reports_divergence_without_crashing(tmp_path):
-    """The experiment end to end on a small FC checkpoint: FB at α = 1 shows as diverged."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
+    """`mondeq compare` (experiments/compare_splitting.py) end to end on a small FC checkpoint:
+    FB at α = 1 shows as diverged."""
     from mondeq import fc_mondeq
+    from mondeq.cli.compare.command import main as compare_main
 
     torch.set_default_dtype(torch.float32)  # as a checkpoint of the main job
     model = fc_mondeq(784, 20, 10, m=1.0)
@@ -329,15 +327,7 @@ def test_compare_splitting_reports_divergence_without_crashing(tmp_path):
         model.layer.linear.G.mul_(2.0)
     torch.save({"config": {"model": "fc", "hidden": 20, "m": 1.0}, "model": model.state_dict()},
                tmp_path / "checkpoint.pt")
-    path = Path(__file__).resolve().parents[1] / "experiments" / "compare_splitting.py"
-    spec = importlib.util.spec_from_file_location("compare_splitting", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    runs = module.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--batch", "8",
+    runs = compare_main([str(tmp_path / "checkpoint.pt"), "--batch", "8",
                         "--methods", "fb", "pr", "anderson-pr", "--alphas", "1", "0.5",
                         "--max-iter", "100", "--repeats", "1", "--out", str(tmp_path / "out")])
     status = {(r.direction, r.method, r.alpha): r.status for r in runs}

@@ -12,6 +12,7 @@ SMALL = {
     "fc": {"model": "fc", "hidden": 7},
     "conv": {"model": "conv", "channels": [3]},
     "multitier": {"model": "multitier", "channels": [2, 3, 3]},
+    "cnn": {"model": "cnn", "channels": [3]},
 }
 
 

@@ -34,20 +34,19 @@ def mean_fill_scores(train: Tensor, test: Tensor, masks: Tensor, *, bins: int) -
     return result
 
 
-def train_classifier(images: Tensor, labels: Tensor, *, epochs: int, fraction: float, seed: int,
-                     batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
-                     progress: bool = True) -> tuple[MaskedClassifier, float]:
-    """The masked-image MLP trained with cross-entropy; returns it and the seconds spent."""
-    torch.manual_seed(seed)
+def _fit(model: torch.nn.Module, loss_of, images: Tensor, labels: Tensor, *, name: str, epochs: int,
+         fraction: float, seed: int, batch_size: int, lr: float, device: torch.device | str,
+         progress: bool) -> float:
+    """Adam on ``loss_of(model, x, observed, y)`` over the epochs (the DBM's masks per step);
+    returns the seconds spent."""
     shape = tuple(images.shape[1:])
-    model = MaskedClassifier(shape[0] * shape[1]).to(device, torch.float32)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     start = time.perf_counter()
     for epoch in range(epochs):
-        bar = ProgressBar((len(images) + batch_size - 1) // batch_size, f"classifier {epoch + 1}") if progress else None
+        bar = ProgressBar((len(images) + batch_size - 1) // batch_size, f"{name} {epoch + 1}") if progress else None
         for step, index in _batches(len(images), batch_size, seed=seed, epoch=epoch):
             observed = batch_masks(len(index), shape, fraction, seed=seed, epoch=epoch, step=step).to(device)
-            loss = torch.nn.functional.cross_entropy(model(images[index].to(device), observed), labels[index].to(device))
+            loss = loss_of(model, images[index].to(device), observed, labels[index].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -55,7 +54,22 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int, fraction: f
                 bar.update(loss=float(loss.detach()))
         if bar is not None:
             bar.close()
-    return model, time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def train_classifier(images: Tensor, labels: Tensor, *, epochs: int, fraction: float, seed: int,
+                     batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
+                     progress: bool = True) -> tuple[MaskedClassifier, float]:
+    """The masked-image MLP trained with cross-entropy; returns it and the seconds spent."""
+    torch.manual_seed(seed)
+    model = MaskedClassifier(images.shape[1] * images.shape[2]).to(device, torch.float32)
+
+    def loss_of(model, x, observed, y):
+        return torch.nn.functional.cross_entropy(model(x, observed), y)
+
+    seconds = _fit(model, loss_of, images, labels, name="classifier", epochs=epochs, fraction=fraction,
+                   seed=seed, batch_size=batch_size, lr=lr, device=device, progress=progress)
+    return model, seconds
 
 
 @torch.no_grad()
@@ -80,24 +94,14 @@ def train_rbm(images: Tensor, labels: Tensor, *, bins: int, hidden: int, epochs:
               device: torch.device | str = "cpu", progress: bool = True) -> tuple[MeanFieldRBM, float]:
     """The RBM trained through its unrolled classic mean-field sweeps; returns it and the seconds."""
     torch.manual_seed(seed)
-    shape = tuple(images.shape[1:])
-    model = MeanFieldRBM(shape[0] * shape[1], bins, hidden, sweeps=sweeps).to(device, torch.float32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        bar = ProgressBar((len(images) + batch_size - 1) // batch_size, f"rbm {epoch + 1}") if progress else None
-        for step, index in _batches(len(images), batch_size, seed=seed, epoch=epoch):
-            observed = batch_masks(len(index), shape, fraction, seed=seed, epoch=epoch, step=step).to(device)
-            x = images[index].to(device)
-            loss, *_ = rbm_loss(model, to_bins(x, bins), observed, labels[index].to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if bar is not None:
-                bar.update(loss=float(loss.detach()))
-        if bar is not None:
-            bar.close()
-    return model, time.perf_counter() - start
+    model = MeanFieldRBM(images.shape[1] * images.shape[2], bins, hidden, sweeps=sweeps).to(device, torch.float32)
+
+    def loss_of(model, x, observed, y):
+        return rbm_loss(model, to_bins(x, bins), observed, y)[0]
+
+    seconds = _fit(model, loss_of, images, labels, name="rbm", epochs=epochs, fraction=fraction,
+                   seed=seed, batch_size=batch_size, lr=lr, device=device, progress=progress)
+    return model, seconds
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,8 @@ COST_METHODS = {"fb": 0.125, "pr": 0.25, "anderson-pr": 0.25}
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mondeq dbm", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--architecture", choices=("dense", "conv"), default="dense")
+    p.add_argument("--architecture", choices=("dense", "conv"), default="dense",
+                   help="couplings: dense (hidden variables) or the multi-tier convolution with groups")
     p.add_argument("--bins", type=positive_int, default=2, help="intensity bins K per pixel")
     p.add_argument("--observed", type=positive_float, default=0.4, help="fraction of pixels observed")
     p.add_argument("--hidden", type=positive_int, default=100, help="dense: hidden variables")
@@ -45,28 +47,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=positive_int, default=256, help="dense: rows of A")
     p.add_argument("--channels", type=positive_int, nargs=2, default=(20, 40), help="conv: channels at H/2, H/4")
     p.add_argument("--m", type=positive_float, default=0.05, help="monotonicity margin")
-    p.add_argument("--solver", choices=("fb", "pr", "dr", "anderson-pr", "anderson-fb"), default="pr")
+    p.add_argument("--solver", choices=("fb", "pr", "dr", "anderson-pr", "anderson-fb"), default="pr",
+                   help="splitting method of the mean-field solve (training and scoring)")
     p.add_argument("--alpha", type=positive_float, default=1.0, help="splitting step, ≤ 1")
-    p.add_argument("--tol", type=positive_float, default=1e-2)
-    p.add_argument("--max-iter", type=positive_int, default=200)
-    p.add_argument("--epochs", type=positive_int, default=1)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=3e-3)
-    p.add_argument("--label-weight", type=positive_float, default=1.0)
+    p.add_argument("--tol", type=positive_float, default=1e-2, help="bound on the true relative mean-field residual")
+    p.add_argument("--max-iter", type=positive_int, default=200, help="iteration cap of each solve")
+    p.add_argument("--epochs", type=positive_int, default=1, help="training epochs (cosine learning-rate schedule)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--label-weight", type=positive_float, default=1.0,
+                   help="weight of the label cross-entropy beside the hidden pixels' one")
     p.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all)")
     p.add_argument("--test-subset", type=int, default=0, help="first N test images (0: all)")
-    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--baseline-epochs", type=positive_int, default=1)
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score mean fill, an MLP on masked images and an RBM on the same masks")
+    p.add_argument("--baseline-epochs", type=positive_int, default=1, help="training epochs of the MLP and RBM baselines")
     p.add_argument("--cost-batch", type=positive_int, default=100, help="images in the inference-cost batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/dbm"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the parameters, masks and data order")
+    p.add_argument("--out", type=Path, default=Path("runs/dbm"), help="run folder (results.json, metrics.csv, completions.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this epoch of the --epochs schedule (continue later with --resume)")
-    p.add_argument("--device", type=device_arg, default=default_device())
-    p.add_argument("--data-root", type=data_root_arg, default=None)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--device", type=device_arg, default=default_device(), help="where the model and data live (default: cuda when available)")
+    p.add_argument("--data-root", type=data_root_arg, default=None,
+                   help="folder holding mnist/ (default: $MONDEQ_DATA, the checkout's data/, then ~/.cache/mondeq)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar per epoch")
     return p
 
 
@@ -169,5 +175,6 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
 
 main = run
 
-if __name__ == "__main__":
-    raise SystemExit(run())
+if __name__ == "__main__":  # python -m mondeq.cli.dbm: the command's one-line errors
+    from .main import run_command
+    sys.exit(run_command("dbm"))
