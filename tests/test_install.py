@@ -68,6 +68,20 @@ def run_installed(target: Path, args: list[str], cwd: Path, **env: str) -> subpr
     return subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
 
 
+def test_a_regular_install_ships_every_pretrained_model(installed, tmp_path):
+    """Every manifest and weights file in the sources is package data (a setup.cfg glob list
+    written on one line once matched nothing), and the installed copy loads one of them."""
+    shipped = {p.name for p in (REPO / "mondeq" / "pretrained" / "weights").iterdir()}
+    assert shipped, "no pretrained models in the sources"
+    there = {p.name for p in (installed / "mondeq" / "pretrained" / "weights").iterdir()}
+    assert shipped <= there, f"missing from the install: {sorted(shipped - there)}"
+    probe = ("import mondeq; names = [e.name for e in mondeq.pretrained()]; "
+             "model = mondeq.pretrained(names[0]); print(mondeq.__file__, len(names))")
+    out = run_installed(installed, [sys.executable, "-c", probe], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert str(installed) in out.stdout and out.stdout.split()[-1] == str(len(shipped) // 2)
+
+
 @pytest.mark.slow
 def test_installed_command_runs_from_any_folder(installed, tmp_path):
     script = installed / "bin" / "mondeq"
