@@ -18,10 +18,10 @@ def coupling(seed=0, m=0.3):
     return HollowMultiTier(TIERS, KERNELS, m=m, scale=2.0, generator=torch.Generator().manual_seed(seed)).double()
 
 
-def variable_blocks(w):
+def variable_blocks(tiers=TIERS):
     """Index sets of every variable (tier, group, position) in the flattened state."""
     start = 0
-    for c, h, wd, k in TIERS:
+    for c, h, wd, k in tiers:
         idx = torch.arange(c * h * wd).view(c // k, k, h, wd) + start
         for g in range(c // k):
             for y in range(h):
@@ -37,7 +37,7 @@ def test_w_is_symmetric_exactly_hollow_with_strided_couplings_and_i_minus_w_at_l
         w = op.as_matrix()
     scale = float(w.abs().max())
     assert float((w - w.T).abs().max()) <= 1e-14 * scale  # Aᵀ is the exact adjoint of A
-    assert max(float(w[i][:, i].abs().max()) for i in variable_blocks(w)) <= 1e-14 * scale
+    assert max(float(w[i][:, i].abs().max()) for i in variable_blocks()) <= 1e-14 * scale
     # different variables at one position do couple, and strided couplings are present
     assert float(w.abs().max()) > 0.05
     eye = torch.eye(len(w), dtype=w.dtype)
@@ -128,16 +128,5 @@ def test_shift_invariant_couplings_get_the_exact_fft_resolvent(tiers, kernels):
         r = unflatten(torch.randn(3, len(w), dtype=w.dtype), op.zeros(3))
         x = resolvent.solve(r)
     eye = torch.eye(len(w), dtype=w.dtype)
-    assert max(float(w[i][:, i].abs().max()) for i in _blocks(tiers)) <= 1e-14 * float(w.abs().max())
+    assert max(float(w[i][:, i].abs().max()) for i in variable_blocks(tiers)) <= 1e-14 * float(w.abs().max())
     assert torch.allclose(flatten(x) @ (1.6 * eye - 0.6 * w).T, flatten(r), atol=1e-11)
-
-
-def _blocks(tiers):
-    start = 0
-    for c, h, wd, k in tiers:
-        idx = torch.arange(c * h * wd).view(c // k, k, h, wd) + start
-        for g in range(c // k):
-            for y in range(h):
-                for x in range(wd):
-                    yield idx[g, :, y, x]
-        start += c * h * wd

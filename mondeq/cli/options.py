@@ -19,15 +19,19 @@ def device_arg(text: str) -> torch.device:
     return device
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1 (a count of steps, images, iterations, ...)."""
+def _int_at_least(text: str, low: int, name: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+        raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {name} (>= {low}), got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (a count of steps, images, iterations, ...)."""
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def positive_float(text: str) -> float:
@@ -82,13 +86,7 @@ def checkpoint_file(path: str | Path) -> Path:
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer ≥ 0 (warm-up steps, a count that may be none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
+    return _int_at_least(text, 0, "an integer ≥ 0")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
