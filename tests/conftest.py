@@ -83,6 +83,21 @@ def random_params(n_in: int = 4, n: int = 5, batch: int = 3) -> tuple[torch.Tens
             (0.6 * torch.randn(n, n)).requires_grad_())
 
 
+def central_difference(value, params, directions, h: float = 1e-6) -> float:
+    """(f(θ + h·d) − f(θ − h·d)) / 2h of ``value()`` along ``directions``, moving ``params`` in
+    place (and back) under no_grad: the independent side of a directional-derivative test."""
+    def at(t: float) -> float:
+        with torch.no_grad():
+            for p, d in zip(params, directions):
+                p.add_(t * d)
+            out = float(value())
+            for p, d in zip(params, directions):
+                p.sub_(t * d)
+        return out
+
+    return (at(h) - at(-h)) / (2 * h)
+
+
 def load_experiment(name: str):
     """Import ``experiments/<name>.py`` as a module (the programs are scripts, not a package);
     the folder is on ``sys.path`` while it loads, for programs that import a sibling."""

@@ -11,6 +11,7 @@ from mondeq.robustness.certified_losses import make_certified_loss
 from mondeq.robustness.joint_bound import joint_constants
 from mondeq.robustness.joint_training import differentiable_joint_constants
 from mondeq.robustness.lipschitz import margin_lipschitz_matrix
+from tests.conftest import central_difference
 from test_joint_bound import build
 
 CASES = [("fc", 0), ("conv", 0), ("conv", 1), ("multitier", 0)]
@@ -41,18 +42,8 @@ def test_gradients_match_finite_differences_of_the_certificates_constants(kind, 
     grads = torch.autograd.grad(value, params, allow_unused=True)  # G drops out of sym(I − W)
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, directions) if g is not None)
 
-    def at(t: float) -> float:
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.add_(t * d)
-        out = float((weights * joint_constants(model, multipliers="scalar")).sum())
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.sub_(t * d)
-        return out
-
-    h = 1e-6
-    numeric = (at(h) - at(-h)) / (2 * h)
+    numeric = central_difference(lambda: (weights * joint_constants(model, multipliers="scalar")).sum(),
+                                 params, directions)
     assert analytic == pytest.approx(numeric, rel=1e-5)
 
 

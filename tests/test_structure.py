@@ -19,6 +19,8 @@ from mondeq.robustness.joint_training import differentiable_joint_constants, tra
 from mondeq.training.regularisers import OperatorNormPenalty, operator_norm
 from splitting import DenseOperator, LinearOperator
 
+from tests.conftest import central_difference
+
 
 class TwoBlock(MonotoneParametrisation):
     r"""A user-defined family: two independent dense monDEQ blocks on the two halves of the state,
@@ -176,17 +178,7 @@ def test_block_gradients_match_finite_differences_of_the_dense_quantities(kind):
     grads = torch.autograd.grad(value(linear.block_structure(input_scale=scale)), params, allow_unused=True)
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, directions) if g is not None)
 
-    def dense_at(t: float) -> float:
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.add_(t * d)
-            out = float(value(probed_structure(linear, input_scale=scale)))
-            for p, d in zip(params, directions):
-                p.sub_(t * d)
-        return out
-
-    h = 1e-6
-    numeric = (dense_at(h) - dense_at(-h)) / (2 * h)
+    numeric = central_difference(lambda: value(probed_structure(linear, input_scale=scale)), params, directions)
     assert analytic == pytest.approx(numeric, rel=1e-6)
 
 
