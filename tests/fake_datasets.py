@@ -1,4 +1,4 @@
-"""Writers of small CIFAR-10 and SVHN files in the exact official formats, for tests.
+"""Writers of small MNIST-style (IDX), CIFAR-10 and SVHN files in the exact official formats, for tests.
 
 Not a conftest: import what you need (``from tests.fake_datasets import write_fake_cifar10``).
 Both writers put the files where :func:`mondeq.data.load_dataset` looks for them under a data
@@ -11,6 +11,7 @@ plus noise, so a tiny training run can show its accuracy rising above chance.
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
@@ -19,7 +20,28 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-__all__ = ["fake_images", "write_fake_cifar10", "write_fake_svhn"]
+from mondeq.data import MNIST_FILES
+
+__all__ = ["fake_images", "write_fake_cifar10", "write_fake_svhn", "write_idx_pair"]
+
+def write_idx_pair(folder: Path, n: int, *, seed: int, gzipped: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The four files in the official IDX format (big-endian header, unsigned bytes), n random
+    28×28 images in each split, in ``folder``; gzip-compressed unless ``gzipped`` is false
+    (torchvision's extracted copies)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_name, label_name in MNIST_FILES.values():  # Fashion-MNIST's names too
+        for name, array, magic in ((image_name, images, b"\x00\x00\x08\x03"),
+                                   (label_name, labels, b"\x00\x00\x08\x01")):
+            blob = magic + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+            if gzipped:
+                (folder / name).write_bytes(gzip.compress(blob))
+            else:
+                (folder / name.removesuffix(".gz")).write_bytes(blob)
+    return images, labels
 
 
 def fake_images(n: int, *, seed: int, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

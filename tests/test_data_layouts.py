@@ -5,7 +5,6 @@ dataset's error names both places."""
 
 from __future__ import annotations
 
-import gzip
 import shutil
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mondeq.data import MNIST_FILES, MissingDatasetError, load_dataset
-from tests.fake_datasets import write_fake_cifar10, write_fake_svhn
+from mondeq.data import MissingDatasetError, load_dataset
+from tests.fake_datasets import write_fake_cifar10, write_fake_svhn, write_idx_pair
 
 
 def to_torchvision_layout(root: Path, name: str) -> None:
@@ -28,21 +27,7 @@ def to_torchvision_layout(root: Path, name: str) -> None:
 
 def write_tiny_mnist(root: Path, n: int = 7, *, seed: int = 0, gzipped: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The four MNIST files in IDX format (n images each) under ``root/mnist``."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-    folder = root / "mnist"
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_name, label_name in MNIST_FILES.values():
-        for name, array, header in ((image_name, images, b"\x00\x00\x08\x03" + b"".join(
-                d.to_bytes(4, "big") for d in images.shape)),
-                (label_name, labels, b"\x00\x00\x08\x01" + n.to_bytes(4, "big"))):
-            blob = header + array.tobytes()
-            if gzipped:
-                (folder / name).write_bytes(gzip.compress(blob))
-            else:
-                (folder / name.removesuffix(".gz")).write_bytes(blob)
-    return images, labels
+    return write_idx_pair(root / "mnist", n, seed=seed, gzipped=gzipped)
 
 
 def check_images(got: tuple[torch.Tensor, torch.Tensor], want: tuple[np.ndarray, np.ndarray]) -> None:

@@ -17,6 +17,7 @@ from mondeq.data import (DATASETS, FASHION_MNIST_FILES, FASHION_MNIST_MD5, FASHI
                          FASHION_MNIST_STD, ChecksumError, DatasetFileError, MissingDatasetError,
                          download_fashion_mnist, file_md5, load_dataset, load_fashion_mnist)
 from mondeq.data import root as data_root
+from tests.fake_datasets import write_idx_pair
 from mondeq.models import build_model
 
 #: The developers' copy of the real files (``../shared/data`` beside the checkout), then Debian's.
@@ -24,24 +25,6 @@ REAL = [p for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "f
                     data_root.SYSTEM_FOLDERS["fashion-mnist"][0])
         if all((p / name).is_file() for name in FASHION_MNIST_MD5)]
 
-
-def write_idx_pair(folder: Path, n: int, *, seed: int, gzipped: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The four files in the official IDX format (big-endian header, unsigned bytes), n images in
-    each split, gzip-compressed unless ``gzipped`` is false (torchvision's extracted copies)."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_name, label_name in FASHION_MNIST_FILES.values():
-        for name, array, magic in ((image_name, images, b"\x00\x00\x08\x03"),
-                                   (label_name, labels, b"\x00\x00\x08\x01")):
-            blob = magic + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
-            if gzipped:
-                (folder / name).write_bytes(gzip.compress(blob))
-            else:
-                (folder / name.removesuffix(".gz")).write_bytes(blob)
-    return images, labels
 
 
 def assert_loaded(got: tuple[torch.Tensor, torch.Tensor], want: tuple[np.ndarray, np.ndarray]) -> None:
