@@ -143,6 +143,24 @@ def test_reproduce_and_compare_refuse_to_overwrite_results(tmp_path, monkeypatch
         compare_main(["--out", str(tmp_path), "--device", "cpu"])
 
 
+def test_certify_of_a_pretrained_name_writes_under_runs_not_here_nor_into_the_package(tmp_path, monkeypatch,
+                                                                                   capsys):
+    from mondeq.pretrained import registry
+
+    monkeypatch.chdir(tmp_path)
+    shipped = sorted(p.name for p in registry.WEIGHTS.iterdir())
+    argv = ["certify", "mnist-fc", "--test-limit", "4", "--attack-limit", "2", "--steps", "2", "--restarts",
+            "1", "--epsilons", "0.1", "--soundness-checks", "0", "--data-root", str(REPO / "data"),
+            "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "replacing" not in capsys.readouterr().out
+    assert (tmp_path / "runs" / "pretrained" / "mnist-fc" / "certify.json").is_file()
+    assert not (tmp_path / "certify.json").exists()
+    assert sorted(p.name for p in registry.WEIGHTS.iterdir()) == shipped
+    assert main(argv) == 0
+    assert "(replacing the previous report there)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, option", [
     (["train", "--model", "fc", "--channels", "8"], "--channels"),
     (["train", "--model", "conv", "--hidden", "8"], "--hidden"),

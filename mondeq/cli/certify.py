@@ -42,7 +42,8 @@ LOOSENESS_CHUNK = 16
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the certify command's options (``experiments/certify.py --help``)."""
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HelpFormatter)
-    p.add_argument("run", type=Path, help="a run of mondeq train: its --out folder or its checkpoint.pt")
+    p.add_argument("run", type=Path, help="a run of mondeq train: its --out folder or its checkpoint.pt, "
+                   "or the name of a pretrained model (mondeq.pretrained())")
     p.add_argument("--epsilons", type=positive_float, nargs="+", default=list(EPSILONS),
                    help="ℓ2 radii in pixel scale [0, 1], each > 0")
     p.add_argument("--tol", type=positive_float, default=CERTIFY_TOL,
@@ -74,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "solves at --tol) on the first N test images: minutes on a conv model, so opt-in "
                         "(0: skip; the PGD pairs' ratio is always reported)")
     p.add_argument("--ascent-steps", type=positive_int, default=20, help="steps of that ascent")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the run's folder; "
+                   "runs/pretrained/NAME for a pretrained model)")
     p.add_argument("--data-root", type=data_root_arg, default=None,
                    help="folder holding mnist/ (default: the run's own data root, else $MONDEQ_DATA, "
                         "the checkout's data/, then ~/.cache/mondeq)")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = getattr(torch, args.dtype)
     device = args.device
     model, state = load_model(args.run, dtype, device)
-    out = args.out or (args.run if args.run.is_dir() else args.run.parent)
+    out = args.out or output_folder(args.run)
     out.mkdir(parents=True, exist_ok=True)
     dataset = state["config"].get("dataset") or "mnist"
     args.data_root = run_data_root(args.data_root, state["config"])  # the run's, unless given
@@ -260,13 +262,28 @@ def main(argv: list[str] | None = None) -> dict:
                           "certify_tight_tol": tight_time, "pgd": attack_time},
               "pgd": {"images": n_attack, "steps": args.steps, "restarts": args.restarts},
               "looseness": looseness}
+    replaced = (out / "certify.json").exists()
     (out / "certify.json").write_text(json.dumps(report, indent=2))
     plot_certified(out / "certify.png", {f"certified (tol {args.tol:g})": tight.radius,
                                          f"certified (tol {layer.tol:g})": loose.radius},
                    clean, robust, f"{state['config']['model']} monDEQ, {Path(args.run).name}",
                    pgd_images=n_attack)
-    print(f"wrote {out / 'certify.json'}, {out / 'certify.png'}")
+    print(f"wrote {out / 'certify.json'}, {out / 'certify.png'}"
+          + (" (replacing the previous report there)" if replaced else ""))
     return report
+
+
+def output_folder(run: Path) -> Path:
+    """Where ``mondeq certify RUN`` writes without ``--out``: a run folder itself, a checkpoint's
+    folder, and for a pretrained model's name ``runs/pretrained/NAME`` (never the current folder,
+    never the installed package)."""
+    if run.is_dir():
+        return run
+    if not run.exists() and len(run.parts) == 1:
+        from ..pretrained.registry import entries
+        if run.name in entries():
+            return Path("runs") / "pretrained" / run.name
+    return run.parent
 
 
 def looseness_search(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
