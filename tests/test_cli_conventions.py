@@ -109,6 +109,23 @@ def test_only_a_file_proven_damaged_is_called_damaged(run, tmp_path, content, sa
     assert ("damaged" in str(info.value)) == (content in ("truncated", "half"))
 
 
+def test_a_dbm_run_and_a_classifier_run_are_each_named_when_given_to_the_other_loader(run, tmp_path, capsys):
+    from mondeq.categorical import build_dbm, load_dbm
+    from mondeq.categorical.build import model_config
+    from mondeq.training import save_checkpoint
+
+    dbm = build_dbm(model_config(hidden=3, rank=4))
+    save_checkpoint(tmp_path / "checkpoint.pt", model=dbm, optimizer=torch.optim.Adam(dbm.parameters()),
+                    epoch=1, history=[], config={"model": model_config(hidden=3, rank=4), "observed": 0.4})
+    with pytest.raises(CheckpointError, match="mondeq dbm.*load_dbm"):
+        mondeq.load_run(tmp_path)
+    status, line = command(capsys, "certify", str(tmp_path), "--device", "cpu")
+    assert status == 1 and "load_dbm" in line and "unknown model" not in line, line
+    with pytest.raises(CheckpointError, match="mondeq train.*load_run"):
+        load_dbm(run)
+    assert load_dbm(tmp_path).coupling.sizes == dbm.coupling.sizes
+
+
 # --- 2. no silent overwrite --------------------------------------------------------------------
 
 def test_out_holding_a_run_is_refused_without_resume_or_overwrite(run, capsys):

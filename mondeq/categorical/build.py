@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidSettingError
+from ..errors import CheckpointError, InvalidSettingError
 from ..training.checkpoint import read_checkpoint
 from .conv import HollowMultiTier
 from .dense import HollowDense
@@ -73,6 +73,9 @@ def build_dbm(config: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> 
 def load_dbm(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> CompletionDBM:
     """The trained model of a run folder (or its ``checkpoint.pt``), in eval mode."""
     state = read_checkpoint(path, map_location=map_location, required=("model", "config"))
+    if not isinstance(state["config"].get("model"), dict):  # mondeq train saves the model's name
+        raise CheckpointError(f"{path} is a run of `mondeq train` (classifier {state['config'].get('model')!r}), "
+                              "not of `mondeq dbm`; load it with mondeq.load_run")
     model = build_dbm(state["config"]["model"])
     model.load_state_dict(state["model"])
     return model.to(map_location).eval()

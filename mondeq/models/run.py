@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from ..errors import CheckpointError
 from .classifier import MonDEQClassifier
 from .zoo import build_model
 
@@ -49,6 +50,9 @@ def load_run(path: str | os.PathLike[str], *,
 
     path = resolve_run(path)
     state = read_checkpoint(path, map_location=map_location, required=MODEL_KEYS)
+    if isinstance(state["config"].get("model"), dict):  # mondeq dbm saves its model settings as a dict
+        raise CheckpointError(f"{path} is a run of `mondeq dbm` (a monotone deep Boltzmann machine), not a "
+                              "classifier of `mondeq train`; load it with mondeq.categorical.load_dbm")
     with torch.random.fork_rng(devices=[]):
         model = build_model(state["config"])
     dtype = next((t.dtype for k, t in state["model"].items()  # the normalisation stays float64
