@@ -142,8 +142,17 @@ class UnknownPretrainedError(MonDEQError, ValueError):
     """A pretrained model name that the registry does not hold (the message lists those it does)."""
 
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"no pretrained model named {name!r}; mondeq.pretrained() lists them: "
-                         f"{', '.join(known) or 'none installed'}")
+        super().__init__(f"no pretrained model named {name!r}{did_you_mean(name, known)}; mondeq.pretrained() "
+                         f"lists them: {', '.join(known) or 'none installed'}")
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'a' or 'b'?)`` for the (at most two) names of ``known`` close to ``name``,
+    else ``""``."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(known), n=2)
+    return f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
 
 
 class PretrainedChecksumError(MonDEQError, OSError):

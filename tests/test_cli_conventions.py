@@ -126,6 +126,23 @@ def test_a_dbm_run_and_a_classifier_run_are_each_named_when_given_to_the_other_l
     assert load_dbm(tmp_path).coupling.sizes == dbm.coupling.sizes
 
 
+def test_a_misspelt_pretrained_name_is_answered_with_the_names_it_resembles(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="did you mean 'mnist-fc' or 'mnist-certified-fc-1.58'"):
+        mondeq.load_run("mnist-fc-1.58")
+    with pytest.raises(ValueError, match=r"did you mean 'mnist-fc'"):
+        mondeq.pretrained("mnist-fcc")
+    status, line = command(capsys, "certify", "mnist-fcc", "--device", "cpu")
+    assert status == 1 and "did you mean 'mnist-fc'" in line, line
+    with pytest.raises(FileNotFoundError, match="no checkpoint at zzz") as info:  # nothing like a name
+        mondeq.load_run("zzz")
+    assert "did you mean" not in str(info.value)
+    (tmp_path / "mnist-fcc").mkdir()  # a folder of that name is a run folder, never a misspelling
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint|no checkpoint") as info:
+        mondeq.load_run("mnist-fcc")
+    assert "did you mean" not in str(info.value)
+
+
 # --- 2. no silent overwrite --------------------------------------------------------------------
 
 def test_out_holding_a_run_is_refused_without_resume_or_overwrite(run, capsys):

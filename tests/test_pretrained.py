@@ -118,5 +118,5 @@ def test_the_commands_run_argument_takes_a_pretrained_name(tmp_path: Path,
 
     monkeypatch.chdir(tmp_path)
     assert checkpoint_file("mnist-fc") == registry.WEIGHTS / "mnist-fc.pt"
-    with pytest.raises(FileNotFoundError, match="no checkpoint at mnist-fcx"):
+    with pytest.raises(FileNotFoundError, match="no run folder or checkpoint at mnist-fcx.*did you mean .mnist-fc."):
         checkpoint_file("mnist-fcx")

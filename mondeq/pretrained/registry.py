@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import PretrainedChecksumError, UnknownPretrainedError
+from ..errors import PretrainedChecksumError, UnknownPretrainedError, did_you_mean
 
 __all__ = ["WEIGHTS", "PretrainedEntry", "entries", "entry", "resolve_run", "sha256", "weights_path"]
 
@@ -169,6 +169,13 @@ def resolve_run(path: str | os.PathLike[str]) -> Path:
         PretrainedChecksumError: a registered model whose weights file is damaged.
     """
     path = Path(path)
-    if path.exists() or len(path.parts) != 1 or path.name not in entries():
+    if path.exists() or len(path.parts) != 1:
         return path
-    return weights_path(path.name)
+    known = entries()
+    if path.name in known:
+        return weights_path(path.name)
+    near = did_you_mean(path.name, known)
+    if near:  # a misspelt pretrained name more likely than a missing folder
+        raise FileNotFoundError(f"no run folder or checkpoint at {path}, and no pretrained model of that "
+                                f"name{near}; mondeq.pretrained() lists them")
+    return path
