@@ -15,7 +15,7 @@ import mondeq
 from mondeq.data import load_dataset
 from mondeq.errors import PretrainedChecksumError, UnknownPretrainedError
 from mondeq.pretrained import registry
-from mondeq.pretrained.verdicts import decode, encode, record_verdicts
+from mondeq.pretrained.verdicts import decode, encode, verdicts_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = sorted(registry.entries())
@@ -68,15 +68,19 @@ def _test_images(dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_recertifying_the_first_test_images_gives_the_recorded_verdicts(name: str) -> None:
-    """The recorded settings are passed explicitly (bound, multipliers, tol, dtype), so a change
-    of mondeq.certify's defaults does not change what is checked."""
+def test_mondeq_certify_with_no_settings_gives_the_recorded_verdicts(name: str) -> None:
+    """One answer: mondeq.certify on a pretrained model, with its defaults, chooses the certificate
+    the figures were recorded with (bound, multipliers, tol, dtype) and reproduces the recorded
+    per-image verdicts bit for bit; a change of the defaults fails here until the model is
+    re-recorded."""
     model = mondeq.pretrained(name)
     item = model.pretrained_entry
     recorded = item.verdicts
-    dtype = getattr(torch, item.certify["dtype"])
     x, y = _test_images(item.dataset, recorded["images"])
-    got = record_verdicts(model.to(dtype), x.to(dtype), y, item.certify, recorded["epsilons"])
+    cert = mondeq.certify(model, x, y, epsilons=recorded["epsilons"], batch_size=len(x))
+    assert (cert.bound, cert.multipliers, cert.tol, cert.dtype) == tuple(
+        item.certify[k] for k in ("bound", "multipliers", "tol", "dtype"))
+    got = verdicts_of(cert, recorded["epsilons"])
     assert got["correct"] == recorded["correct"]
     assert got["certified"] == recorded["certified"]
     assert decode(recorded["certified"][f"{recorded['epsilons'][0]:g}"], len(x)).any()
@@ -120,3 +124,4 @@ def test_the_commands_run_argument_takes_a_pretrained_name(tmp_path: Path,
     assert checkpoint_file("mnist-fc") == registry.WEIGHTS / "mnist-fc.pt"
     with pytest.raises(FileNotFoundError, match="no run folder or checkpoint at mnist-fcx.*did you mean .mnist-fc."):
         checkpoint_file("mnist-fcx")
+

@@ -24,11 +24,13 @@ from .verdicts import record_verdicts
 
 __all__ = ["DEFAULT_SETTINGS", "check", "export_checkpoint", "measure", "record"]
 
-DEFAULT_SETTINGS = {"bound": "joint", "multipliers": "scalar", "tol": 1e-6, "max_iter": 2000,
+DEFAULT_SETTINGS = {"bound": "auto", "multipliers": "auto", "tol": 1e-6, "max_iter": 2000,
                     "dtype": "float64", "batch_size": 1000}
-"""The certificate the figures are recorded with unless told otherwise: the joint bound with one
-scalar multiplier (its constants take milliseconds; diagonal multipliers are tighter but take
-minutes on a 256-unit layer), re-solved to 1e-6, in float64, 1,000 images a solve."""
+"""The certificate the figures are recorded with unless told otherwise: :func:`mondeq.certify`'s
+own rule (the joint bound; diagonal multipliers where that search is cheap, as on an 87-unit
+layer, one scalar multiplier where it is not, as on a 256-unit or conv layer), re-solved to 1e-6,
+in float64, 1,000 images a solve. The manifest stores the bound and multipliers that rule chose,
+so the recorded figures are what ``mondeq.certify(mondeq.pretrained(name), x, y)`` gives."""
 
 _MACHINE_KEYS = ("out", "data_root", "device")
 """Config keys that describe the machine a run was trained on, not the model."""
@@ -64,6 +66,7 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, settings: Mapping[str, Any]
     cert = certify(model, x, y, epsilons=epsilons, batch_size=settings["batch_size"], dtype=None, **kwargs)
     seconds = time.perf_counter() - start
     figures: dict[str, Any] = {
+        "bound": cert.bound, "multipliers": cert.multipliers,  # what "auto" chose
         "test_images": len(x), "clean": float(cert.correct.double().mean()),
         "certified": {f"{e:g}": cert.certified[e] for e in epsilons}, "certify_seconds": seconds}
     log(f"  certified on {len(x)} images in {seconds:.0f} s: clean {100 * figures['clean']:.2f} %, "
@@ -95,7 +98,7 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, settings: Mapping[str, Any]
         m = min(looseness_images, len(x))
         loose = measure_looseness(model, x[:m], y[:m], epsilons=epsilons, ascent_steps=20, pgd_steps=10,
                                   tol=min(settings["tol"], 1e-8), dtype=None, generator=generator,
-                                  bound=settings["bound"], multipliers=settings["multipliers"]).summary()
+                                  bound=cert.bound, multipliers=cert.multipliers or "scalar").summary()
         figures["looseness"] = {"images": m, "max_fraction": max(loose["ascent"]["max_fraction"],
                                                                  loose["pgd"]["max_fraction"])}
         log(f"  largest Lipschitz ratio found: {figures['looseness']['max_fraction']:.3f} of the "
@@ -129,6 +132,7 @@ def record(run: str | Path, name: str, *, description: str, command: str, traini
     log(f"{name}: {description}")
     figures = measure(model, x, y, settings, epsilons, attack_images=attack_images,
                       looseness_images=looseness_images, log=log)
+    settings.update(bound=figures.pop("bound"), multipliers=figures.pop("multipliers"))
     n = min(verdict_images, len(x))
     verdicts = record_verdicts(model, x[:n], y[:n], settings, epsilons)
     item = PretrainedEntry(name=name, description=description, config=config, command=command,
