@@ -40,7 +40,8 @@ def test_rows_are_the_papers(reproduce) -> None:
                                "cifar10-aug-multitier", "mnist-certified-fc-0.3", "mnist-certified-fc-1.58",
                                "cifar10-certified-conv"]
     fashion = [name for name in rows if name.startswith("fashion-mnist-")]  # not the paper's
-    assert fashion == list(rows)[12:] and {rows[n].model for n in fashion} == {"fc", "conv", "multitier", "cnn"}
+    short = ["mnist-conv-short", "mnist-multitier-short"]  # the shipped conv and multi-tier recipes
+    assert fashion + short == list(rows)[12:] and {rows[n].model for n in fashion} == {"fc", "conv", "multitier", "cnn"}
     assert {rows[n].certified_eps for n in fashion} == {None, 0.1, 0.3}
     assert all(rows[n].paper is None and rows[n].dataset == "fashion-mnist" for n in fashion)
     expected = {  # row: (width, paper accuracy)
@@ -49,6 +50,10 @@ def test_rows_are_the_papers(reproduce) -> None:
         "cifar10-conv": ((81,), 74.0), "cifar10-multitier": ((16, 32, 60), 72.0),
         "cifar10-aug-conv": ((200,), 82.0), "cifar10-aug-multitier": ((64, 128, 128), 89.0),
     }
+    for name in short:  # the paper's model at the paper's size, on a short schedule
+        paper_row = rows[name.removesuffix("-short")]
+        assert (rows[name].model, rows[name].width) == (paper_row.model, paper_row.width)
+        assert rows[name].epochs < paper_row.epochs and rows[name].paper is None
     for name, (width, paper) in expected.items():
         assert (rows[name].width, rows[name].paper) == (width, paper)
         assert rows[name].augment == ("aug" in name)
