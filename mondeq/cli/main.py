@@ -7,6 +7,7 @@
     mondeq reproduce [options]    the paper's Table 1, row by row
     mondeq device-check [options] check a lent GPU: the CUDA tests, step and epoch times
     mondeq dbm [options]          a monotone DBM: complete and classify partly seen MNIST
+    mondeq pretrained [NAME]      the models that ship with the package, with their figures
     mondeq --version              the installed version
 
 ``python -m mondeq ...`` is the same command, and ``pip install .`` installs it as the console
@@ -21,6 +22,7 @@ or a failed run; the programs in ``experiments/`` go through the same handling
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -34,6 +36,7 @@ SUBCOMMANDS = {
     "reproduce": ("mondeq.cli.reproduce", "the paper's Table 1, row by row"),
     "device-check": ("mondeq.cli.device_check", "check a lent GPU in ≤ 8 minutes: CUDA tests, step and epoch times"),
     "dbm": ("mondeq.cli.dbm", "train a monotone deep Boltzmann machine to complete and classify MNIST"),
+    "pretrained": ("mondeq.cli.pretrained", "the models that ship with the package, with their recorded figures"),
 }
 
 
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"mondeq: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        from ..errors import did_you_mean
+        print(f"mondeq: error: unknown command {name!r}{did_you_mean(name, SUBCOMMANDS)}\n\n{usage()}",
+              file=sys.stderr)
         return 2
     return run_command(name, rest, prog=f"mondeq {name}")
 
@@ -101,6 +106,12 @@ def run_program(entry: Callable[[list[str]], object], argv: list[str] | None = N
             print(text if text.startswith("error:") else f"error: {text}", file=sys.stderr)
             return 1
         return 0 if exit_.code is None else int(exit_.code)
+    except BrokenPipeError:  # `mondeq pretrained | head`: the reader left; nothing to report,
+        try:  # and nothing for the interpreter's last flush of stdout to fail on
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured)
+            pass
+        return 0
     except (MonDEQError, OSError) as err:  # OSError: a missing, unreadable or misplaced file
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 1

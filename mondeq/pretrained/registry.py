@@ -85,8 +85,9 @@ class PretrainedEntry:
         certified = ", ".join(f"{100 * v:.2f} % at ε={e}" for e, v in f.get("certified", {}).items())
         return (f"{self.name}: {self.description}; clean {100 * f['clean']:.2f} %"
                 + (f", certified {certified}" if certified else "")
-                + f" ({f['test_images']:,} test images, {self.certify['bound']} bound, "
-                  f"{self.certify['dtype']}, tol {self.certify['tol']:g})")
+                + f" ({f['test_images']:,} test images, {self.certify['bound']} bound"
+                + (f", {self.certify['multipliers']} multipliers" if self.certify.get("multipliers") else "")
+                + f", {self.certify['dtype']}, tol {self.certify['tol']:g})")
 
     def __repr__(self) -> str:
         return f"PretrainedEntry({self.summary()})"
