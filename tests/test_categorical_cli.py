@@ -40,6 +40,8 @@ def test_a_run_writes_results_metrics_checkpoint_and_picture(run):
     results = json.loads((run / "results.json").read_text())
     assert set(results["dbm"]) >= {"label_accuracy", "bin_accuracy", "l2", "rmse", "iterations"}
     assert set(results["baselines"]) == {"mean_fill", "masked_classifier", "rbm_mean_field"}
+    # the RBM gets as many hidden units as the DBM has hidden one-hot channels (6 variables × 4 values)
+    assert results["baselines"]["rbm_mean_field"]["hidden_units"] == 6 * 4
     assert {(r["method"], r["tol"]) for r in results["inference_cost"]} == {
         (m, t) for m in ("fb", "pr", "anderson-pr") for t in (1e-2, 1e-4)}
     assert all(r["converged"] for r in results["inference_cost"])
@@ -73,3 +75,23 @@ def test_readme_three_lines_complete_a_users_images(run):
     bins = (images * 2).floor().clamp(max=1).long()
     assert torch.equal(filled[observed], out.bin_values[bins][observed])
     assert out.bin_values[0] < 0.25 < 0.75 < out.bin_values[1]  # E[x | bin] of the training images
+
+
+def test_a_step_with_a_non_finite_gradient_leaves_the_weights_as_they_were():
+    from mondeq.categorical.build import build_dbm, model_config
+    from mondeq.categorical.train import train_epoch
+
+    model = build_dbm(model_config(image=(4, 4), hidden=3, rank=5), dtype=torch.float64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    images, labels = torch.rand(8, 4, 4, dtype=torch.float64), torch.arange(8) % 10
+    before = [p.detach().clone() for p in model.parameters()]
+    hook = model.bias[0].register_hook(lambda g: g * float("nan"))  # a diverged backward solve
+    record = train_epoch(model, optimizer, images, labels, epoch=0, seed=0, batch_size=4, fraction=0.4,
+                         progress=False)
+    assert record["skipped_steps"] == 2
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    hook.remove()
+    record = train_epoch(model, optimizer, images, labels, epoch=1, seed=0, batch_size=4, fraction=0.4,
+                         progress=False)
+    assert record["skipped_steps"] == 0
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

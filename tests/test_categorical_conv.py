@@ -125,3 +125,24 @@ def test_shift_invariant_couplings_get_the_exact_fft_resolvent(tiers, kernels):
     eye = torch.eye(len(w), dtype=w.dtype)
     assert max(float(w[i][:, i].abs().max()) for i in variable_blocks(tiers)) <= 1e-14 * float(w.abs().max())
     assert torch.allclose(flatten(x) @ (1.6 * eye - 0.6 * w).T, flatten(r), atol=1e-11)
+
+
+def test_label_from_every_tier_keeps_w_symmetric_hollow_monotone_and_couples_label_to_pixels():
+    from mondeq.categorical.build import build_dbm, model_config
+
+    paper, direct = (build_dbm(model_config(architecture="conv", image=(12, 12), channels=(4, 8), m=0.2,
+                                            label_from=label_from), dtype=torch.float64)
+                     for label_from in ("last", "all"))
+    for model in (paper, direct):
+        tiers = model.coupling.tiers
+        with torch.no_grad():
+            w = model.coupling.operator().as_matrix()
+        scale = float(w.abs().max())
+        assert float((w - w.T).abs().max()) <= 1e-14 * scale
+        assert max(float(w[i][:, i].abs().max()) for i in variable_blocks(tiers)) <= 1e-14 * scale
+        eye = torch.eye(len(w), dtype=w.dtype)
+        assert torch.linalg.eigvalsh(eye - w).min() >= model.coupling.m - 1e-12
+        pixels = 2 * 12 * 12
+        label_to_pixels = float(w[-10:, :pixels].abs().max())
+        # the paper's label reads the pixels only through the hidden tiers; "all" couples them
+        assert label_to_pixels == 0.0 if model is paper else label_to_pixels > 1e-3

@@ -25,14 +25,16 @@ def train_epoch(model: CompletionDBM, optimizer: torch.optim.Optimizer, images: 
                 epoch: int, seed: int, batch_size: int, fraction: float, label_weight: float = 1.0,
                 scheduler=None, progress: bool = True) -> dict[str, float]:
     """One pass over ``images`` ``(N, H, W)`` in [0, 1]; returns mean loss, training label
-    accuracy, forward and backward iterations per step, and the epoch's seconds."""
+    accuracy, forward and backward iterations per step, the number of steps skipped because the
+    loss or a gradient was not finite (the weights are left as they were), and the epoch's seconds."""
     device = next(model.parameters()).device
     model.train()
     order = epoch_order(images.shape[0], seed=seed, epoch=epoch)
     steps = (len(order) + batch_size - 1) // batch_size
     bar = ProgressBar(steps, f"epoch {epoch + 1}") if progress else None
     start = time.perf_counter()
-    totals = {"loss": 0.0, "correct": 0, "forward_iterations": 0, "backward_iterations": 0, "seen": 0}
+    totals = {"loss": 0.0, "correct": 0, "forward_iterations": 0, "backward_iterations": 0, "seen": 0,
+              "skipped": 0}
     for step in range(steps):
         index = order[step * batch_size:(step + 1) * batch_size]
         x = images[index].to(device, model.dtype, non_blocking=True)
@@ -43,10 +45,13 @@ def train_epoch(model: CompletionDBM, optimizer: torch.optim.Optimizer, images: 
         loss = model.loss(out, bins, observed, y, label_weight=label_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        if _finite(loss, model):
+            optimizer.step()
+        else:  # a diverged solve (e.g. FB outside its step range) must not poison the weights
+            totals["skipped"] += 1
         if scheduler is not None:
             scheduler.step()
-        totals["loss"] += float(loss.detach()) * len(index)
+        totals["loss"] += float(loss.detach().nan_to_num(nan=0.0, posinf=0.0)) * len(index)
         totals["correct"] += int((out.label.argmax(1) == y).sum())
         totals["forward_iterations"] += out.stats.forward.iterations
         totals["backward_iterations"] += out.stats.backward.iterations if out.stats.backward else 0
@@ -59,7 +64,13 @@ def train_epoch(model: CompletionDBM, optimizer: torch.optim.Optimizer, images: 
     return {"loss": totals["loss"] / totals["seen"], "train_label_accuracy": totals["correct"] / totals["seen"],
             "forward_iterations": totals["forward_iterations"] / steps,
             "backward_iterations": totals["backward_iterations"] / steps,
-            "seconds": time.perf_counter() - start}
+            "skipped_steps": totals["skipped"], "seconds": time.perf_counter() - start}
+
+
+def _finite(loss: Tensor, model: torch.nn.Module) -> bool:
+    """Whether the loss and every parameter gradient are finite (else the step is skipped)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 @torch.no_grad()

@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-values", type=positive_int, default=4, help="dense: values per hidden variable")
     p.add_argument("--rank", type=positive_int, default=256, help="dense: rows of A")
     p.add_argument("--channels", type=positive_int, nargs=2, default=(20, 40), help="conv: channels at H/2, H/4")
+    p.add_argument("--label-from", choices=("last", "all"), default="last",
+                   help="conv: the label couples to the last tier only (the paper) or to every tier (full kernels)")
     p.add_argument("--m", type=positive_float, default=0.05, help="monotonicity margin")
     p.add_argument("--solver", choices=("fb", "pr", "dr", "anderson-pr", "anderson-fb"), default="pr",
                    help="splitting method of the mean-field solve (training and scoring)")
@@ -62,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also score mean fill, an MLP on masked images and an RBM on the same masks")
     p.add_argument("--baseline-epochs", type=positive_int, default=1, help="training epochs of the MLP and RBM baselines")
+    p.add_argument("--rbm-hidden", type=int, default=0,
+                   help="binary hidden units of the RBM baseline (0: as many as the DBM has hidden one-hot "
+                        "channels: hidden × hidden-values, or Σ channels × positions for conv)")
     p.add_argument("--cost-batch", type=positive_int, default=100, help="images in the inference-cost batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters, masks and data order")
     p.add_argument("--out", type=Path, default=Path("runs/dbm"), help="run folder (results.json, metrics.csv, completions.png)")
@@ -100,7 +105,8 @@ def run(argv: list[str] | None = None) -> int:
     shape = tuple(train_x.shape[1:])
     model_settings = model_config(
         architecture=args.architecture, bins=args.bins, image=shape, hidden=args.hidden,
-        hidden_values=args.hidden_values, rank=args.rank, channels=tuple(args.channels), m=args.m,
+        hidden_values=args.hidden_values, rank=args.rank, channels=tuple(args.channels),
+        label_from=args.label_from, m=args.m,
         solver=args.solver, alpha=args.alpha, tol=args.tol, max_iter=args.max_iter, seed=args.seed)
     config = {"model": model_settings, "observed": args.observed, "batch_size": args.batch_size, "lr": args.lr,
               "label_weight": args.label_weight, "train_subset": args.train_subset, "epochs": args.epochs}
@@ -152,7 +158,7 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
                "test_images": len(test_x), "epochs": len(history),
                "train_seconds": sum(h["seconds"] for h in history), "dbm": dbm, "baselines": {}}
     if args.baselines:
-        hidden_units = args.hidden * args.hidden_values if args.architecture == "dense" else sum(args.channels)
+        hidden_units = args.rbm_hidden or _hidden_units(args, test_x.shape[1:])
         results["baselines"]["mean_fill"] = mean_fill_scores(train_x, test_x, test_masks, bins=args.bins)
         clf, seconds = train_classifier(train_x, train_y, epochs=args.baseline_epochs, fraction=args.observed,
                                         seed=args.seed, device=args.device, progress=args.progress)
@@ -171,6 +177,14 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
     save_completions(args.out / "completions.png", test_x[:n], test_masks[:n], out.expected_intensity().cpu(),
                      out.label.argmax(1).cpu(), test_y[:n])
     return results
+
+
+def _hidden_units(args, shape) -> int:
+    """The DBM's hidden one-hot channels: the RBM baseline's default hidden size."""
+    if args.architecture == "dense":
+        return args.hidden * args.hidden_values
+    h, w = shape
+    return args.channels[0] * (h // 2) * (w // 2) + args.channels[1] * (h // 4) * (w // 4)
 
 
 main = run
