@@ -88,3 +88,16 @@ def test_missing_dataset_names_both_layouts(tmp_path: Path, name: str, ours: str
     message = str(info.value)
     assert f"{tmp_path / ours} (this project's layout)" in message
     assert f"{tmp_path / theirs} (torchvision's layout" in message
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "mnist"])
+def test_a_root_that_is_the_datasets_own_folder_is_read(tmp_path: Path, name: str) -> None:
+    """``--data-root data/mnist`` (the dataset's folder, not the folder above it) reads the same
+    files as ``--data-root data``, for every command, as `mondeq certify` always did."""
+    if name == "mnist":
+        written = write_tiny_mnist(tmp_path, n=4, seed=3)
+    else:
+        writer = write_fake_cifar10 if name == "cifar10" else write_fake_svhn
+        written = writer(tmp_path, n_test=4, seed=3)["test"]
+    check_images(load_dataset(name, tmp_path / name, train=False), written)
+    check_images(load_dataset(name, tmp_path, train=False), written)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_dataset, load_mnist, mnist_root
+from ..data import load_dataset
 from ..models import load_run
 from ..robustness import pairwise_lipschitz, pgd
 from ..robustness.attacks import PGD_RESTARTS, PGD_STEPS
@@ -88,14 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def mnist_folder(root: Path | None) -> Path:
-    """MNIST's folder under the data root ``root`` (the data-root rule when None); a folder that
-    itself holds the MNIST files (what the former ``--data`` named) is taken as it is."""
-    if root is not None and any(root.glob("t10k-images*")):
-        return root
-    return mnist_root(root)
-
-
 def load_model(path: Path, dtype: torch.dtype,
                device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The classifier a training run saved (:func:`mondeq.load_run`: any model and dataset, with
@@ -138,8 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dataset = state["config"].get("dataset") or "mnist"
     args.data_root = run_data_root(args.data_root, state["config"])  # the run's, unless given
-    x, labels = (load_mnist(mnist_folder(args.data_root), train=False, download=False) if dataset == "mnist"
-                 else load_dataset(dataset, args.data_root, train=False))
+    x, labels = load_dataset(dataset, args.data_root, train=False)  # the data-root rule of every command
     x = x[: args.test_limit].to(device=device, dtype=dtype)  # pixels: the model normalises them
     labels = labels[: args.test_limit].to(device)
     eps_list = sorted(args.epsilons)

@@ -131,8 +131,8 @@ def error_text(err: BaseException) -> str:
     """One line for a user: the error's message, with its strerror and file for an OSError, and
     for a missing dataset how to point the command at the data."""
     if isinstance(err, MissingDatasetError):
-        return (f"{one_line(str(err))}. Point the command at the folder holding mnist/, cifar10/, svhn/ "
-                f"with --data-root FOLDER or the environment variable $MONDEQ_DATA (an installed "
+        return (f"{one_line(str(err))}. Point the command at the folder holding mnist/, fashion-mnist/, "
+                f"cifar10/, svhn/ (or at the dataset's own folder) with --data-root FOLDER or the environment variable $MONDEQ_DATA (an installed "
                 f"package does not see a checkout's data/)")
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
         return f"{err.strerror}: {err.filename}"

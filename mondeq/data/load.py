@@ -33,12 +33,13 @@ def load_dataset(
 ) -> tuple[Tensor, Tensor]:
     """Loads a split of ``name`` from the data root, in this project's layout or torchvision's.
 
-    The project's layout (``<root>/mnist/``, ``<root>/cifar10/``, ``<root>/svhn/``) is tried
-    first, then torchvision's: ``<root>/MNIST/raw/``, ``<root>/FashionMNIST/raw/``,
-    ``<root>/cifar-10-batches-py/`` (or ``<root>/cifar-10-python.tar.gz``),
-    ``<root>/train_32x32.mat`` and ``<root>/test_32x32.mat``; last, a system folder a
-    distribution installs the dataset in (:data:`mondeq.data.root.SYSTEM_FOLDERS`: Debian's
-    ``/usr/share/datasets/fashion-mnist``).
+    The project's layout (``<root>/mnist/``, ``<root>/fashion-mnist/``, ``<root>/cifar10/``,
+    ``<root>/svhn/``) is tried first, then torchvision's: ``<root>/MNIST/raw/``,
+    ``<root>/FashionMNIST/raw/``, ``<root>/cifar-10-batches-py/`` (or
+    ``<root>/cifar-10-python.tar.gz``), ``<root>/train_32x32.mat`` and ``<root>/test_32x32.mat``;
+    then a system folder a distribution installs the dataset in
+    (:data:`mondeq.data.root.SYSTEM_FOLDERS`: Debian's ``/usr/share/datasets/fashion-mnist``);
+    last, a ``root`` given here that is itself the dataset's folder (``data/mnist``).
 
     Args:
         name: "mnist", "fashion-mnist", "cifar10" or "svhn" (a key of
@@ -63,7 +64,8 @@ def load_dataset(
     ours, torchvision = dataset_folders(spec.name, root)
     misses = []
     system = SYSTEM_FOLDERS.get(spec.name, ())
-    for folder in (ours, torchvision, *system):
+    given = (Path(root),) if root is not None else ()  # a root that is the dataset's own folder
+    for folder in (ours, torchvision, *system, *given):
         try:
             return _load(spec.name, folder, train=train, download=False)
         except MissingDatasetError as err:
