@@ -46,3 +46,18 @@ def test_training_steps_keep_the_coupling_at_zero() -> None:
                     p -= 0.1 * p.grad
     assert not torch.equal(model.head.weight, before)
     assert model.layer.linear.F.abs().max() == 0 and model.layer.linear.G.abs().max() == 0
+
+
+def test_the_training_command_counts_only_the_parameters_that_train(tmp_path, capsys) -> None:
+    """The CNN is compared with a monDEQ 'of similar size': its count must leave out the frozen
+    zero F and G, which a monDEQ of the same width trains."""
+    from mondeq.cli import train as train_cli
+
+    report = train_cli.main(["--model", "cnn", "--channels", "4", "--epochs", "1", "--train-limit", "32",
+                             "--test-limit", "8", "--batch-size", "32", "--epsilons", "0.1", "--device", "cpu",
+                             "--out", str(tmp_path)])
+    model = build_model({"model": "cnn", "channels": 4, "dataset": "mnist"})
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = model.layer.linear.F.numel() + model.layer.linear.G.numel()
+    assert report["parameters"] == trained == sum(p.numel() for p in model.parameters()) - frozen
+    assert f"plain CNN (W = 0), {trained} trained parameters" in capsys.readouterr().out

@@ -62,7 +62,7 @@ class Run:
         self.args, self.info, self.device = args, info, device
         torch.manual_seed(args.seed)
         self.model = build_model(vars(args)).to(device=device, dtype=torch.float32)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)  # cnn: F, G frozen
         self.train_data, self.test_data, self.test_size = load_data(args, info, device)
         self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
         total = self.steps * args.epochs
@@ -243,7 +243,8 @@ def execute(args: argparse.Namespace, info: DistInfo, device: torch.device) -> d
     model = wrap_model(run.model, info, device)
     alpha = (f"α=0.9·{STEP_RULES[args.solver]} (now {run.model.layer.alpha:.3g})" if run.step_rule is not None
              else f"α={args.alpha:g}")
-    say(f"{args.dataset} {args.model} monDEQ, {run.n_params} parameters, {args.solver.upper()} {alpha} "
+    kind = "plain CNN (W = 0)" if args.model == "cnn" else "monDEQ"
+    say(f"{args.dataset} {args.model} {kind}, {run.n_params} trained parameters, {args.solver.upper()} {alpha} "
         f"tol={args.tol:g}; {len(run.train_data)} train / {run.test_size} test images; {device}"
         f"{' bf16 autocast' if args.amp else ''}, {info.world_size} process(es)")
     wall = time.perf_counter()

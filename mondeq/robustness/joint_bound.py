@@ -196,8 +196,13 @@ def gamma_squared_at(w: Tensor, theta: Tensor, tau: Tensor) -> Tensor:
 #: per-unit constraints, and with them diagonal multipliers, are valid.
 ELEMENTWISE = (ReLU, SoftThreshold, ScalarProx, LeakyReLU, HardTanh)
 MULTIPLIERS = ("auto", "scalar", "diagonal")
-#: ``multipliers="auto"`` optimises diagonal multipliers when pairs·blocks·d³·steps is below this.
+#: ``multipliers="auto"`` optimises diagonal multipliers when pairs·blocks·(d³ + overhead)·steps is
+#: below this (≈ 5 s on one CPU thread).
 DIAGONAL_COST_LIMIT = 5e9
+#: The fixed cost of one block's factorisation and its backward in the search, in units of d³:
+#: measured on a CPU thread, a batch of 87 × 87 blocks costs ≈ 1.1 ns·d³ each, one of 4 × 4 complex
+#: blocks (a small conv layer's frequencies) ≈ 6 µs each, which d³ alone counts as nothing.
+DIAGONAL_BLOCK_OVERHEAD = 5000
 
 
 def diagonal_gamma_squared(blocks: BlockStructure, coords: Tensor, tau: Tensor, *,
@@ -345,7 +350,7 @@ def _use_diagonal(model, spectrum: JointSpectrum, pairs: int, multipliers: str) 
     if multipliers == "scalar" or not isinstance(model.layer.nonlinearity, ELEMENTWISE):
         return False
     g, d = spectrum.theta.shape
-    return multipliers == "diagonal" or pairs * g * d ** 3 * 150 <= DIAGONAL_COST_LIMIT
+    return multipliers == "diagonal" or pairs * g * (d ** 3 + DIAGONAL_BLOCK_OVERHEAD) * 150 <= DIAGONAL_COST_LIMIT
 
 
 def joint_radius(logits: Tensor, labels: Tensor, gamma: Tensor, norms: Tensor,
