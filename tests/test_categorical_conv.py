@@ -45,6 +45,9 @@ def test_w_is_symmetric_exactly_hollow_with_strided_couplings_and_i_minus_w_at_l
     eye = torch.eye(len(w), dtype=w.dtype)
     assert torch.linalg.eigvalsh(eye - (w + w.T) / 2).min() >= c.m - 1e-12
     assert torch.linalg.matrix_norm(eye - w, ord=2) <= op.lipschitz()
+    # the block structure (what bounds read) gives ‖I − W‖₂ of the dense matrix
+    norm = float(torch.linalg.matrix_norm(eye - w, ord=2))
+    assert abs(float(c.block_structure().operator_norm().detach()) - norm) <= 1e-12 * norm
     # the resolvent solves (I + α(I − W)) x = r
     r = unflatten(torch.randn(2, len(w), dtype=w.dtype), op.zeros(2))
     with torch.no_grad():

@@ -251,6 +251,25 @@ class HollowMultiTier(nn.Module):
             blocks.append(d)
         return blocks
 
+    def block_structure(self):
+        r"""The exact structure (:mod:`mondeq.operators.structure`): one block,
+        :math:`I - W` in the standard basis. A full kernel onto a 1 × 1 tier (the label) aliases
+        every frequency of the tier it reads into that tier's one frequency, and the strided
+        couplings chain every tier to it, so the alias groups of
+        :mod:`mondeq.operators.multitier.structure` merge into one: no finer unitary block form
+        exists. No input map (conditioning is by clamping), so :math:`U` has no columns. The
+        dense matrix is formed only when a quantity asks for it (small models)."""
+        from ..operators.structure import single_block
+
+        op = self.operator()
+        n = sum(c * h * w for c, h, w, _ in self.tiers)
+
+        def identity_minus_w():
+            w = op.as_matrix()
+            return torch.eye(n, dtype=w.dtype, device=w.device) - w
+
+        return single_block(self.m, op.kernels[0].new_zeros(n, 0), identity_minus_w=identity_minus_w)
+
     def operator(self) -> HollowConvOperator:
         """W from the current kernels (differentiable in them)."""
         scales, blocks = [], []
