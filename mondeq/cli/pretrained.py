@@ -6,8 +6,9 @@
     mondeq pretrained NAME --json  its manifest as JSON (the per-image verdicts left out)
     mondeq pretrained NAME --verify [--device D]
                                    re-certify the test images whose verdicts the manifest holds
-                                   (the first 500) with mondeq.certify's defaults, on this
-                                   machine, and compare them with the recorded ones
+                                   (the first 500; fewer for conv models) with
+                                   mondeq.certify's defaults, on this machine, and compare them
+                                   with the recorded ones
 
 The same registry as :func:`mondeq.pretrained`; a name works wherever a command takes a run
 (``mondeq certify mnist-fc``). Only ``--verify`` loads torch and the weights.
