@@ -40,7 +40,7 @@ def test_rows_are_the_papers(reproduce) -> None:
                                "cifar10-aug-multitier", "mnist-certified-fc-0.3", "mnist-certified-fc-1.58",
                                "cifar10-certified-conv"]
     fashion = [name for name in rows if name.startswith("fashion-mnist-")]  # not the paper's
-    short = ["mnist-conv-short", "mnist-multitier-short"]  # the shipped conv and multi-tier recipes
+    short = ["mnist-conv-short", "mnist-multitier-short"]  # the paper's conv and multi-tier, shorter
     assert fashion + short == list(rows)[12:] and {rows[n].model for n in fashion} == {"fc", "conv", "multitier", "cnn"}
     assert {rows[n].certified_eps for n in fashion} == {None, 0.1, 0.3}
     assert all(rows[n].paper is None and rows[n].dataset == "fashion-mnist" for n in fashion)
