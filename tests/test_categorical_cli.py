@@ -95,3 +95,14 @@ def test_a_step_with_a_non_finite_gradient_leaves_the_weights_as_they_were():
                          progress=False)
     assert record["skipped_steps"] == 0
     assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--bins", "1"], "--bins must be at least 2"),
+    (["--resume", "--out", "no-such-run"], "holds no checkpoint.pt of a `mondeq dbm` run"),
+])
+def test_a_mistake_is_one_line_that_names_the_dbm_command(argv, said, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["dbm", *argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and "mondeq train" not in err

@@ -96,6 +96,10 @@ def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.alpha > 1:
         parser().error(f"--alpha must be ≤ 1 (the simplex-entropy prox is applied at α), got {args.alpha}")
+    if args.bins < 2:
+        parser().error(f"--bins must be at least 2 (a pixel variable needs two values), got {args.bins}")
+    if args.resume and not (args.out / "checkpoint.pt").is_file():
+        parser().error(f"--resume: {args.out} holds no checkpoint.pt of a `mondeq dbm` run; start it without --resume")
     if not args.observed < 1:
         parser().error(f"--observed must be a fraction below 1, got {args.observed}")
     if not (args.resume or args.overwrite) and any((args.out / f).exists() for f in ("checkpoint.pt", "results.json")):
