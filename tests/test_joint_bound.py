@@ -264,3 +264,25 @@ def test_auto_multipliers_choose_the_diagonal_search_only_where_it_takes_seconds
         conv = build_model({"model": "conv", "channels": channels, "dataset": "mnist"})
         assert _resolve_multipliers(conv, "auto") == "scalar", channels
         assert _resolve_multipliers(conv, "diagonal") == "diagonal"  # asked for, it is still done
+
+
+def test_certificate_constants_are_computed_on_one_thread_and_the_setting_restored(monkeypatch):
+    """One answer: the diagonal search amplifies the last bits of its factorisations, which depend
+    on the thread count (mnist-fc's largest constant moved 4 % between 1 and 2 threads, and its
+    recorded verdicts with it), so the constants run on one thread whatever the process uses."""
+    import mondeq.robustness.joint_bound as jb
+    from mondeq.robustness.certification import certificate_constants
+
+    seen = []
+    inner = jb._pairwise_lipschitz
+    monkeypatch.setattr(jb, "_pairwise_lipschitz", lambda *a, **k: (seen.append(torch.get_num_threads()),
+                                                                     inner(*a, **k))[1])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = build("fc")
+        certificate_constants(model, "joint", "diagonal")
+        jb.pairwise_lipschitz(build("fc"), multipliers="scalar")
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -35,7 +35,7 @@ def test_train_writes_report_and_resumes(tmp_path, float32, capsys):
     assert "resumed from" in out and "certified ℓ2 accuracy" in out
     # the per-epoch figure is a loose monitor: its line says so, and which bound and slack it uses
     epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 1:"))
-    assert "(monitor: product bound" in epoch_line and "px of solver slack; the final report re-solves" in epoch_line
+    assert "(monitor: product bound" in epoch_line and "px of solver slack; re-solved tightly at the end" in epoch_line
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path, float32):

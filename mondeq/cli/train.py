@@ -287,7 +287,7 @@ def train_epochs(run: Run, model: torch.nn.Module, log: EpochLog | None, wall: f
             f"iterations fwd {stats.forward_iterations:.1f} bwd {stats.backward_iterations:.1f}  "
             f"step {1000 * stats.step_time:.2f} ms  Lipschitz ‖U‖₂/(m·σ) {ev.lipschitz:.2f}  certified "
             + " ".join(f"ε={k:g}: {100 * v:.1f}%" for k, v in ev.certified.items()) + (f" (monitor: {run.certified_bound} "
-            f"bound, radii less {ev.mean_slack:.2g} px of solver slack; the final report re-solves)" if ev.certified else ""),
+            f"bound, radii less {ev.mean_slack:.2g} px of solver slack; re-solved tightly at the end)" if ev.certified else ""),
             flush=True)
         if stats.forward_failed or stats.backward_failed or ev.failed:
             say(f"warning: epoch {epoch}: {failed_solves(stats.forward_failed, stats.backward_failed, ev.failed)} "

@@ -376,9 +376,12 @@ def certificate_constants(model, bound: str = CERTIFY_BOUND, multipliers: str = 
     """
     if bound == "product":
         return None, ("product", None), ("joint", None)
+    from .joint_bound import one_thread
+
     try:
-        used = _resolve_multipliers(model, multipliers)
-        gamma = pairwise_lipschitz(model, multipliers=multipliers)
+        with one_thread():  # the spectrum the search starts from too (it is cached for it)
+            used = _resolve_multipliers(model, multipliers)
+            gamma = pairwise_lipschitz(model, multipliers=multipliers)
     except InvalidSettingError:  # no block structure and too large to build densely
         if bound == "joint":
             raise
