@@ -44,7 +44,7 @@ from splitting.state import batch_norm
 from ..errors import InputScaleError, InvalidSettingError
 from ..layer import MonDEQ, solver_settings
 from .checks import check_batch, check_classifier, check_epsilons, check_labels
-from .joint_bound import BOUNDS, MULTIPLIERS, joint_radius, pairwise_lipschitz
+from .joint_bound import BOUNDS, MULTIPLIERS, joint_radius, one_thread, pairwise_lipschitz
 from .lipschitz import (head_matrix, layer_lipschitz_bound, margin_lipschitz, pairwise_margin_norms,
                         pixel_scale)
 
@@ -376,8 +376,6 @@ def certificate_constants(model, bound: str = CERTIFY_BOUND, multipliers: str = 
     """
     if bound == "product":
         return None, ("product", None), ("joint", None)
-    from .joint_bound import one_thread
-
     try:
         with one_thread():  # the spectrum the search starts from too (it is cached for it)
             used = _resolve_multipliers(model, multipliers)
