@@ -268,13 +268,12 @@ def output_folder(run: Path) -> Path:
     """Where ``mondeq certify RUN`` writes without ``--out``: a run folder itself, a checkpoint's
     folder, and for a pretrained model's name ``runs/pretrained/NAME`` (never the current folder,
     never the installed package)."""
+    from ..pretrained.registry import pretrained_name
+
     if run.is_dir():
         return run
-    if not run.exists() and len(run.parts) == 1:
-        from ..pretrained.registry import entries
-        if run.name in entries():
-            return Path("runs") / "pretrained" / run.name
-    return run.parent
+    name = pretrained_name(run)
+    return run.parent if name is None else Path("runs") / "pretrained" / name
 
 
 def looseness_search(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,

@@ -60,9 +60,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def details(item: PretrainedEntry) -> str:
     """The lines ``mondeq pretrained NAME`` prints."""
-    f, c = item.figures, item.certify
-    settings = f"{c['bound']} bound" + (f", {c['multipliers']} multipliers" if c.get("multipliers") else "") \
-        + f", {c['dtype']} solves at tol {c['tol']:g}"
+    f = item.figures
     lines = [f"{item.name}: {item.description}",
              f"  trained by    {item.command}",
              f"  training      {item.training.get('epochs')} epochs"
@@ -71,7 +69,7 @@ def details(item: PretrainedEntry) -> str:
              f"  dataset       {item.dataset} ({f['test_images']:,} test images)",
              f"  clean         {100 * f['clean']:.2f} %"]
     lines += [f"  certified     {100 * v:.2f} % at ε={e} (ℓ2, pixels)" for e, v in f.get("certified", {}).items()]
-    lines.append(f"  certificate   {settings} (mondeq.certify's defaults give it)")
+    lines.append(f"  certificate   {item.certificate()} (mondeq.certify's defaults give it)")
     if "pgd" in f:
         p = f["pgd"]
         lines.append(f"  PGD           {p['counterexamples']} counterexamples in {p['checked']:,} certified (image, ε) "

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 from ..errors import PretrainedChecksumError, UnknownPretrainedError, did_you_mean
 
-__all__ = ["WEIGHTS", "PretrainedEntry", "entries", "entry", "resolve_run", "sha256", "weights_path"]
+__all__ = ["WEIGHTS", "PretrainedEntry", "entries", "entry", "pretrained_name", "resolve_run", "sha256",
+           "weights_path"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The folder of the manifests (``NAME.json``) and weights files (``NAME.pt``)."""
@@ -85,9 +86,13 @@ class PretrainedEntry:
         certified = ", ".join(f"{100 * v:.2f} % at ε={e}" for e, v in f.get("certified", {}).items())
         return (f"{self.name}: {self.description}; clean {100 * f['clean']:.2f} %"
                 + (f", certified {certified}" if certified else "")
-                + f" ({f['test_images']:,} test images, {self.certify['bound']} bound"
-                + (f", {self.certify['multipliers']} multipliers" if self.certify.get("multipliers") else "")
-                + f", {self.certify['dtype']}, tol {self.certify['tol']:g})")
+                + f" ({f['test_images']:,} test images, {self.certificate()})")
+
+    def certificate(self) -> str:
+        """The certificate the figures were recorded with, in words: bound, multipliers, precision, tol."""
+        c = self.certify
+        return (f"{c['bound']} bound" + (f", {c['multipliers']} multipliers" if c.get("multipliers") else "")
+                + f", {c['dtype']} solves at tol {c['tol']:g}")
 
     def __repr__(self) -> str:
         return f"PretrainedEntry({self.summary()})"
@@ -161,6 +166,15 @@ def weights_path(name: str, *, verify: bool = True) -> Path:
     return path
 
 
+def pretrained_name(path: str | os.PathLike[str]) -> str | None:
+    """The registered model a program's RUN argument names: a bare name that is not a file or
+    folder on disk (which wins) and that the registry holds; else ``None``."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1 or path.name not in entries():
+        return None
+    return path.name
+
+
 def resolve_run(path: str | os.PathLike[str]) -> Path:
     """What a program's RUN argument names: ``path`` itself when it exists on disk, else the
     checked weights file of the pretrained model of that name, else ``path`` unchanged (so the
@@ -170,12 +184,12 @@ def resolve_run(path: str | os.PathLike[str]) -> Path:
         PretrainedChecksumError: a registered model whose weights file is damaged.
     """
     path = Path(path)
+    name = pretrained_name(path)
+    if name is not None:
+        return weights_path(name)
     if path.exists() or len(path.parts) != 1:
         return path
-    known = entries()
-    if path.name in known:
-        return weights_path(path.name)
-    near = did_you_mean(path.name, known)
+    near = did_you_mean(path.name, entries())
     if near:  # a misspelt pretrained name more likely than a missing folder
         raise FileNotFoundError(f"no run folder or checkpoint at {path}, and no pretrained model of that "
                                 f"name{near}; mondeq.pretrained() lists them")
