@@ -125,3 +125,27 @@ def test_the_commands_run_argument_takes_a_pretrained_name(tmp_path: Path,
     with pytest.raises(FileNotFoundError, match="no run folder or checkpoint at mnist-fcx.*did you mean .mnist-fc."):
         checkpoint_file("mnist-fcx")
 
+
+
+def test_recording_a_run_names_the_certificate_the_rule_chose_and_reproduces_the_shipped_figures(
+        tmp_path: Path) -> None:
+    """``record`` measures with mondeq.certify's rule ("auto") and writes what it chose into the
+    manifest; recording a shipped model's checkpoint again gives its shipped figures and verdicts."""
+    from mondeq.pretrained.record import record
+
+    name = "mnist-fc"  # the rule chooses diagonal multipliers here (not the scalar default of old)
+    shipped = registry.entry(name)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(registry.WEIGHTS / shipped.weights, run / "checkpoint.pt")
+    epsilons = [float(e) for e in shipped.figures["certified"]]
+    item = record(run, "again", description="d", command="c", training={"epochs": 1}, epsilons=epsilons,
+                  verdict_images=20, attack_images=4, looseness_images=0, folder=tmp_path, log=lambda _: None)
+    assert (item.certify["bound"], item.certify["multipliers"]) == ("joint", "diagonal") == (
+        shipped.certify["bound"], shipped.certify["multipliers"])
+    assert item.figures["clean"] == shipped.figures["clean"]
+    assert item.figures["certified"] == shipped.figures["certified"]
+    for eps in item.verdicts["epsilons"]:
+        assert torch.equal(decode(item.verdicts["certified"][f"{eps:g}"], 20),
+                           decode(shipped.verdicts["certified"][f"{eps:g}"], shipped.verdicts["images"])[:20])
+    assert registry.entries(tmp_path)["again"].certify == item.certify  # the manifest on disk says so too

@@ -66,7 +66,6 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, settings: Mapping[str, Any]
     cert = certify(model, x, y, epsilons=epsilons, batch_size=settings["batch_size"], dtype=None, **kwargs)
     seconds = time.perf_counter() - start
     figures: dict[str, Any] = {
-        "bound": cert.bound, "multipliers": cert.multipliers,  # what "auto" chose
         "test_images": len(x), "clean": float(cert.correct.double().mean()),
         "certified": {f"{e:g}": cert.certified[e] for e in epsilons}, "certify_seconds": seconds}
     log(f"  certified on {len(x)} images in {seconds:.0f} s: clean {100 * figures['clean']:.2f} %, "
@@ -121,6 +120,7 @@ def record(run: str | Path, name: str, *, description: str, command: str, traini
     """Records the run folder ``run`` as the pretrained model ``name`` in ``folder`` (weights and
     manifest; see the module docstring) and returns its entry."""
     from ..models.run import load_run
+    from ..robustness.certification import certificate_constants
 
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     folder = Path(folder)
@@ -132,12 +132,13 @@ def record(run: str | Path, name: str, *, description: str, command: str, traini
     log(f"{name}: {description}")
     figures = measure(model, x, y, settings, epsilons, attack_images=attack_images,
                       looseness_images=looseness_images, log=log)
-    settings.update(bound=figures.pop("bound"), multipliers=figures.pop("multipliers"))
     n = min(verdict_images, len(x))
     verdicts = record_verdicts(model, x[:n], y[:n], settings, epsilons)
+    _, (bound, multipliers), _ = certificate_constants(model, settings["bound"], settings["multipliers"])  # cached
     item = PretrainedEntry(name=name, description=description, config=config, command=command,
                            training=dict(training), weights=weights.name, sha256=sha256(weights),
-                           certify=settings, figures=figures, verdicts=verdicts)
+                           certify={**settings, "bound": bound, "multipliers": multipliers},  # what the rule chose
+                           figures=figures, verdicts=verdicts)
     (folder / f"{name}.json").write_text(json.dumps(item.to_json(), indent=1) + "\n")
     return item
 
