@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -162,7 +163,7 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
                "test_images": len(test_x), "epochs": len(history),
                "train_seconds": sum(h["seconds"] for h in history), "dbm": dbm, "baselines": {}}
     if args.baselines:
-        hidden_units = args.rbm_hidden or _hidden_units(args, test_x.shape[1:])
+        hidden_units = args.rbm_hidden or _hidden_units(model)
         results["baselines"]["mean_fill"] = mean_fill_scores(train_x, test_x, test_masks, bins=args.bins)
         clf, seconds = train_classifier(train_x, train_y, epochs=args.baseline_epochs, fraction=args.observed,
                                         seed=args.seed, device=args.device, progress=args.progress)
@@ -183,12 +184,10 @@ def _report(args, model, history, train_x, train_y, test_x, test_y, test_masks) 
     return results
 
 
-def _hidden_units(args, shape) -> int:
-    """The DBM's hidden one-hot channels: the RBM baseline's default hidden size."""
-    if args.architecture == "dense":
-        return args.hidden * args.hidden_values
-    h, w = shape
-    return args.channels[0] * (h // 2) * (w // 2) + args.channels[1] * (h // 4) * (w // 4)
+def _hidden_units(model) -> int:
+    """The DBM's hidden one-hot channels (every tier between the pixels and the label): the RBM
+    baseline's default hidden size."""
+    return sum(math.prod(shape) for shape in model.coupling.state_shape[1:-1])
 
 
 main = run
