@@ -182,9 +182,14 @@ def step_floor(model: torch.nn.Module, batch: int, *, forward_iterations: float,
 
 
 def floor_line(step_seconds: float, floor: FloorReport | float) -> str:
-    """``"step 4.46 ms = 1.9 × floor"`` for a training report."""
+    """``"step 4.46 ms = 1.9 × floor"`` for a training report. A step cannot beat its floor: a
+    ratio below 1 means the floor's microbenchmarks were slowed by other work on the machine, and
+    the line says so rather than report it."""
     total = floor.total if isinstance(floor, FloorReport) else float(floor)
-    return f"step {1000 * step_seconds:.3g} ms = {step_seconds / total:.2g} × floor"
+    ratio = step_seconds / total
+    return (f"step {1000 * step_seconds:.3g} ms = {ratio:.2g} × floor"
+            + (" (below 1: the floor was priced while other work slowed this machine; rerun on an idle "
+               "one for the ratio)" if ratio < 1 else ""))
 
 
 def report_line(model: torch.nn.Module, batch: int, *, step_seconds: float, forward_iterations: float,
