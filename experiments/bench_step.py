@@ -34,6 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mondeq
+import mondeq.training
 import splitting
 import splitting.prox
 from mondeq.cli import device_arg
@@ -58,8 +59,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def library(mondeq, splitting) -> dict:
-    """What the benchmark uses from one checkout's modules."""
-    return {"fc": mondeq.fc_mondeq, "conv": mondeq.single_conv_mondeq,
+    """What the benchmark uses from one checkout's modules (its training programs' optimizer:
+    ``mondeq.training.adam``, or PyTorch's default Adam in checkouts older than it)."""
+    adam = getattr(mondeq.training, "adam", None) or (lambda params, lr: torch.optim.Adam(params, lr=lr))
+    return {"adam": adam, "fc": mondeq.fc_mondeq, "conv": mondeq.single_conv_mondeq,
             "multitier": mondeq.multitier_mondeq, "pr": splitting.peaceman_rachford,
             "DiagonalQuadratic": splitting.prox.DiagonalQuadratic, "root": Path(mondeq.__file__).parents[1]}
 
@@ -70,7 +73,7 @@ class Run:
     def __init__(self, lib: dict, arch: str, device: torch.device) -> None:
         torch.manual_seed(0)
         self.lib, self.model, self.device = lib, lib[arch]().to(device), device
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = lib["adam"](self.model.parameters(), lr=1e-3)
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.iterations: list[tuple[int, int]] = []

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from splitting import LinearOperator, State
 from .errors import StateShapeError
@@ -15,6 +16,16 @@ if TYPE_CHECKING:
     from .operators.structure import BlockStructure
 
 T = TypeVar("T")
+
+_optimizer_steps = [0]
+"""Steps taken by any ``torch.optim`` optimizer in this process (see :meth:`MonotoneParametrisation.cached`)."""
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class MonotoneParametrisation(nn.Module, ABC):
@@ -83,12 +94,14 @@ class MonotoneParametrisation(nn.Module, ABC):
     def cached(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, memoised until a parameter changes.
 
-        A change is an in-place update (optimizer steps, ``load_state_dict``, ``p.mul_()`` under
-        ``no_grad``) or a move (``.to()``, ``.double()``); writes through ``p.data`` bypass
-        PyTorch's version counters and are not seen. For quantities that depend on the
-        parameters only, such as ‖U‖₂ or ‖I − W‖₂, computed without a graph.
+        A change is an in-place update (``load_state_dict``, ``p.mul_()`` under ``no_grad``: the
+        parameters' version counters), any step of a ``torch.optim`` optimizer in this process
+        (fused optimizers, e.g. ``Adam(fused=True)``, update parameters without moving their
+        version counters), or a move (``.to()``, ``.double()``). Writes through ``p.data`` bypass
+        both and are not seen. For quantities that depend on the parameters only, such as ‖U‖₂
+        or ‖I − W‖₂, computed without a graph.
         """
-        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        version = (_optimizer_steps[0], *((p.data_ptr(), p._version) for p in self.parameters()))
         hit = self._parameter_cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]  # type: ignore[return-value]

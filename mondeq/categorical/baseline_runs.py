@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..training.data_order import epoch_order
+from ..training.optimizer import adam
 from ..training.progress import ProgressBar
 from .baselines import MaskedClassifier, MeanFieldRBM, MeanFill
 from .metrics import Scores, batch_masks
@@ -40,7 +41,7 @@ def _fit(model: torch.nn.Module, loss_of, images: Tensor, labels: Tensor, *, nam
     """Adam on ``loss_of(model, x, observed, y)`` over the epochs (the DBM's masks per step);
     returns the seconds spent."""
     shape = tuple(images.shape[1:])
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = adam(model.parameters(), lr=lr)
     start = time.perf_counter()
     for epoch in range(epochs):
         bar = ProgressBar((len(images) + batch_size - 1) // batch_size, f"{name} {epoch + 1}") if progress else None

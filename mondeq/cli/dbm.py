@@ -31,6 +31,7 @@ from ..data.root import resolve_data_root
 from ..errors import ResumeConfigError
 from ..training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from ..training.logs import EpochLog
+from ..training.optimizer import adam
 from ..training.schedules import cosine
 from .options import HelpFormatter, data_root_arg, default_device, device_arg, positive_float, positive_int
 
@@ -117,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
               "label_weight": args.label_weight, "train_subset": args.train_subset, "epochs": args.epochs}
     model = build_dbm(model_settings).to(args.device, torch.float32)
     model.set_bin_values(train_x)  # a function of the training data: the same after a resume
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = adam(model.parameters(), lr=args.lr)
     steps = (len(train_x) + args.batch_size - 1) // args.batch_size
     scheduler = cosine(optimizer, total_steps=args.epochs * steps)
     history, first = [], 0

@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 import torch
 from torch.nn import functional as nnf
 
+from ..training.optimizer import adam
 from .options import HelpFormatter, device_arg, positive_float
 
 PAPER_EPOCHS = 40
@@ -140,7 +141,7 @@ def time_step(kind: str, device: torch.device, mode: str, sizes: Sizes, *, deadl
     """Median wall time of a training step of ``kind`` on ``device`` in ``mode``, in ms."""
     model, x, y = build(kind, sizes)
     model, x, y = model.to(device), x.to(device), y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = adam(model.parameters(), lr=1e-3)
     if mode == "compiled":
         torch._dynamo.reset()  # each model compiles afresh: no cache entries of earlier cells
         forward = torch.compile(model, backend=backend)
@@ -187,7 +188,7 @@ def time_epoch(kind: str, device: torch.device, sizes: Sizes, *, seconds: float)
 
     model, _, _ = build(kind, sizes, cifar=True)
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = adam(model.parameters(), lr=1e-3)
     n = sizes.epoch_images
     steps_total = math.ceil(n / sizes.batch)
     # one step first: allocations and kernel selection are not epoch time

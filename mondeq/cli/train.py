@@ -25,7 +25,7 @@ from ..models import build_model
 from ..perf import report_line
 from ..robustness.certified_losses import make_certified_loss
 from ..robustness.joint_training import training_bound
-from ..training import (DeviceData, EpochSums, evaluate, load_checkpoint, read_checkpoint, save_checkpoint,
+from ..training import (DeviceData, EpochSums, adam, evaluate, load_checkpoint, read_checkpoint, save_checkpoint,
                         train_epoch)
 from ..training.data_order import epoch_order
 from ..training.logs import EpochLog, tensorboard_available
@@ -66,7 +66,7 @@ class Run:
         self.train_data, self.test_data, self.test_size = load_data(args, info, device)
         self.steps = len(rank_batches(torch.arange(len(self.train_data)), args.batch_size, info))
         total = self.steps * args.epochs
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.optimizer = adam(self.model.parameters(), lr=args.lr)
         milestones = [e * self.steps for e in args.milestones] if args.milestones else None
         self.scheduler = make_schedule(args.schedule, self.optimizer, total_steps=total, lr=args.lr,
                                        milestones=milestones, gamma=args.gamma)

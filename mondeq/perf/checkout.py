@@ -34,7 +34,7 @@ def import_checkout(root: str | Path) -> dict[str, ModuleType]:
     sys.path.insert(0, str(root))
     try:
         loaded = {name: importlib.import_module(name) for name in PACKAGES}
-        for name in ("splitting.prox",):
+        for name in ("splitting.prox", "mondeq.training"):
             importlib.import_module(name)
     finally:
         sys.path.remove(str(root))

@@ -20,7 +20,7 @@ from splitting.state import batch_norm
 from ...data import batches, load_mnist, mnist_root, num_batches
 from ...errors import InvalidSettingError
 from ...models import MonDEQClassifier, build_model, load_run
-from ...training import train_epoch
+from ...training import adam, train_epoch
 
 #: Settings of the reference solves (the "exact" solutions, used to recognise blow-up).
 EXACT = dict(alpha=0.5, tol=1e-13, max_iter=20_000)
@@ -53,7 +53,7 @@ def quick_model(kind: str, *, train_limit: int, seed: int, device: torch.device,
     model = build_model(config).to(device)
     x, y = load_mnist(mnist_root(data_root), train=True, download=False)
     x, y = x[:train_limit].to(device), y[:train_limit].to(device)  # pixels: the model normalises
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3 if kind == "fc" else 1e-3)
+    optimizer = adam(model.parameters(), lr=3e-3 if kind == "fc" else 1e-3)
     generator = torch.Generator(device=device).manual_seed(seed)
     data = batches(x, y, 128, shuffle=True, generator=generator)
     stats = train_epoch(model, optimizer, data, steps=num_batches(len(x), 128), desc=f"quick {kind}")
