@@ -286,3 +286,17 @@ def test_certified_training_job_and_certify_script(tmp_path, capsys):
     for row in result["table"]:
         assert row["certified"] <= row["pgd_robust"] <= row["clean"]
     assert "PGD counterexamples inside certified radii: 0" in capsys.readouterr().out
+
+
+def test_a_printed_certificate_is_a_summary_of_its_figures():
+    """``print(certify(...))`` gives the images, accuracy, certified accuracy and the kind of
+    certificate in one line, not thousands of per-example values."""
+    torch.manual_seed(0)
+    model = fc_mondeq(10, 8, 3)
+    x, y = torch.rand(300, 10), torch.randint(0, 3, (300,))
+    cert = certify(model, x, y, epsilons=[0.01])
+    text = repr(cert)
+    clean = 100 * float(cert.correct.double().mean())
+    assert text.startswith(f"Certificate(300 images; {clean:.2f} % predicted as labelled; certified "
+                           f"{100 * cert.certified[0.01]:.2f} % at ε=0.01; {cert.describe()}")
+    assert "\n" not in text and len(text) < 300
