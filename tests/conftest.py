@@ -1,6 +1,8 @@
 """Shared fixtures: float64 by default, seeded RNG, device list for CUDA-parametrised tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,22 @@ if simulated_cuda.requested():  # MONDEQ_SIMULATE_CUDA=1: CUDA tests run on the 
     simulated_cuda.activate()   # before any test module asks torch.cuda.is_available()
 
 from mondeq.operators.dense import MonotoneLinear  # noqa: E402
+
+# Under pytest-xdist (``-n auto``, the README's command) each worker gets its share of the cores,
+# and so do the programs the tests start (OMP_NUM_THREADS is inherited): no oversubscription.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+MAX_WORKERS = 8
+"""``-n auto`` starts one worker a core, at most this many (each imports torch: ~1 GB at peak)."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
