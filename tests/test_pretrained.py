@@ -91,6 +91,24 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
         mondeq.pretrained("mnist-fc-typo")
 
 
+def test_the_device_is_chosen_by_name_and_a_missing_one_is_refused_by_name() -> None:
+    """``device=`` (as for any PyTorch model) or ``map_location=`` places the model; a CUDA device
+    on a machine without one is a one-line error that says the file is fine; a name that is not
+    a string, or two different places, are refused."""
+    from mondeq.errors import DeviceUnavailableError, InvalidSettingError
+
+    for kwargs in ({}, {"device": "cpu"}, {"device": torch.device("cpu")}, {"map_location": "cpu"}):
+        model = mondeq.pretrained("mnist-fc", **kwargs)
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="was not read and may be fine"):
+            mondeq.pretrained("mnist-fc", device="cuda")
+    with pytest.raises(InvalidSettingError, match="name two places"):
+        mondeq.pretrained("mnist-fc", device="cuda", map_location="cpu")
+    with pytest.raises(InvalidSettingError, match="named by a string.*mnist-fc"):
+        mondeq.pretrained(3)
+
+
 def test_damaged_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     item = registry.entry("mnist-fc")
     for suffix in (".json", ".pt"):

@@ -25,12 +25,14 @@ from .registry import PretrainedEntry, entries, entry, resolve_run, weights_path
 __all__ = ["PretrainedEntry", "entries", "entry", "pretrained", "resolve_run", "weights_path"]
 
 
-def pretrained(name: str | None = None, *, map_location: str = "cpu"):
+def pretrained(name: str | None = None, *, device=None, map_location=None):
     """A pretrained classifier, ready to use; with no name, the list of them.
 
     Args:
         name: A registered name (``mondeq.pretrained()`` lists them); ``None``: list.
-        map_location: Where the model is loaded.
+        device: Where the model is loaded (``"cpu"``, ``"cuda"``, a ``torch.device``; default
+            the CPU); a device this machine lacks is refused by name.
+        map_location: The same, under ``torch.load``'s name (give one of the two).
 
     Returns:
         With a name: the :class:`~mondeq.models.MonDEQClassifier` in eval mode, float32, with its
@@ -42,12 +44,22 @@ def pretrained(name: str | None = None, *, map_location: str = "cpu"):
     Raises:
         UnknownPretrainedError: no model of that name.
         PretrainedChecksumError: its weights file is not the recorded one.
+        InvalidSettingError: a name that is not a string; ``device`` and ``map_location`` both
+            given, and different.
     """
     if name is None:
         return list(entries().values())
+    from ..errors import InvalidSettingError
     from ..models.run import load_run
 
-    model = load_run(weights_path(name), map_location=map_location)
+    if not isinstance(name, str):
+        raise InvalidSettingError(f"pretrained: a model is named by a string (mondeq.pretrained() lists "
+                                  f"them: {', '.join(entries())}), got {type(name).__name__} {name!r}")
+    if device is not None and map_location is not None and str(device) != str(map_location):
+        raise InvalidSettingError(f"pretrained: device={device!r} and map_location={map_location!r} "
+                                  f"name two places; give one")
+    place = device if device is not None else map_location if map_location is not None else "cpu"
+    model = load_run(weights_path(name), map_location=place)
     model.pretrained_entry = entry(name)
     return model
 
@@ -56,8 +68,8 @@ class _CallableModule(types.ModuleType):
     """``mondeq.pretrained`` is this package and, called, :func:`pretrained`: the name stays the
     package whatever imports its submodules, and stays callable."""
 
-    def __call__(self, name: str | None = None, *, map_location: str = "cpu"):
-        return pretrained(name, map_location=map_location)
+    def __call__(self, name: str | None = None, *, device=None, map_location=None):
+        return pretrained(name, device=device, map_location=map_location)
 
 
 sys.modules[__name__].__class__ = _CallableModule
