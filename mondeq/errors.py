@@ -15,7 +15,8 @@ from splitting.errors import (ConvergenceWarning, InvalidSettingError, MonDEQErr
                               UnsupportedDerivativeError)
 
 __all__ = ["ChecksumError", "CheckpointError", "ClassifierTypeError", "ConvergenceWarning", "DatasetFileError",
-           "DeviceUnavailableError", "DownloadError", "InputDTypeError", "InputScaleError", "InputShapeError",
+           "DeviceUnavailableError", "DownloadError", "InputDTypeError", "InputRangeError", "InputRangeWarning",
+           "InputScaleError", "InputShapeError",
            "InvalidSettingError", "LabelError", "MissingDatasetError", "MissingDependencyError",
            "MonDEQError", "NonAffineReadoutError", "NonFiniteInputError", "ResumeConfigError",
            "RunExistsError", "StateShapeError", "StepSizeWarning", "UnsupportedDerivativeError",
@@ -96,6 +97,17 @@ class InputDTypeError(MonDEQError, TypeError):
     """Inputs of a dtype that has no pixel scale (integers other than ``uint8``, ``bool``,
     complex) or that differs from the parameters' outside autocast; the message names the
     conversion."""
+
+
+class InputRangeError(MonDEQError, ValueError):
+    """Floating inputs outside the pixel range an attack keeps them in (``bounds``): clamping
+    would move the clean point itself, so the attack would not be one of radius ε."""
+
+
+class InputRangeWarning(UserWarning):
+    """Floating inputs outside [0, 1] given to a certificate of an image classifier (one with an
+    input normalisation): its radii are in the pixel scale [0, 1], so 0..255 floats or inputs
+    normalised twice give certificates about other images than the user meant."""
 
 
 class LabelError(MonDEQError, ValueError):

@@ -37,6 +37,35 @@ def test_uint8_images_give_the_logits_of_their_pixels_over_255(normalised):
     assert pgd(model, raw, y, 0.1, steps=2).x_adv.is_floating_point()
 
 
+@pytest.mark.parametrize("mistake, cause", [(lambda x: 255 * x, "divide them by 255"),
+                                            (lambda x: (x - MEAN) / STD, "normalised already")])
+def test_floats_outside_the_pixel_range_are_named_with_their_likely_cause(mistake, cause):
+    """0..255 floats, or images normalised by the user as well as by the model: ``pgd`` (whose
+    clamping to its bounds would move the clean images) refuses them, ``certify`` of an image
+    classifier warns from the user's line; pixels in [0, 1] pass silently, and ``bounds=None``
+    (inputs that are not pixels) and models without a normalisation are not checked."""
+    from mondeq.errors import InputRangeError, InputRangeWarning
+
+    torch.manual_seed(0)
+    model = fc_mondeq(16, 8, 3, mean=MEAN, std=STD)
+    x = torch.rand(6, 16)
+    y = model(x).argmax(1)
+    bad = mistake(x)
+    with pytest.raises(InputRangeError, match=f"outside the pixel range.*{cause}"):
+        pgd(model, bad, y, 0.1, steps=1)
+    with pytest.raises(InputRangeError):
+        robust_accuracy(model, bad, y, [0.1], steps=1)
+    with pytest.warns(InputRangeWarning, match=cause) as caught:
+        certify(model, bad, y)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        certify(model, x, y)
+        pgd(model, x, y, 0.1, steps=1)
+        pgd(model, bad, y, 0.1, steps=1, bounds=None)
+        certify(fc_mondeq(16, 8, 3), bad, y)
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64, torch.bool])
 def test_other_integer_images_are_refused_with_the_conversion(dtype):
     model = fc_mondeq(16, 8, 3, mean=MEAN, std=STD)

@@ -15,13 +15,13 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputScaleError, InvalidSettingError
+from ..errors import InputRangeError, InputScaleError, InvalidSettingError
 from ..models.normalization import as_pixels
 from ..layer import solver_settings
 from .certification import (CERTIFY_DTYPE, CERTIFY_TOL, TIGHT_MAX_ITER, equilibrium_error_bound,
                             state_residual)
 from .lipschitz import head_matrix, pairwise_margin_norms
-from .checks import check_batch, check_labels
+from .checks import check_batch, check_labels, pixel_range_problem
 
 NORMS = ("l2", "linf")
 LOSSES = ("margin", "ce")
@@ -167,6 +167,11 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: st
     if not x.is_floating_point():  # uint8 pixels, as the classifier takes them
         x = as_pixels(x, model.layer.linear.dtype if monDEQ else torch.get_default_dtype())
     x = x.detach()
+    problem = None if bounds is None else pixel_range_problem(x, bounds)
+    if problem is not None:
+        raise InputRangeError(f"pgd: {problem}; the attack keeps its points in bounds={tuple(bounds)}, so "
+                              f"clamping would move the clean images themselves (pass bounds=None for "
+                              f"inputs that are not pixels)")
     check_labels(y, len(x))
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
     if not bool(((eps_t >= 0) & torch.isfinite(eps_t)).all()):

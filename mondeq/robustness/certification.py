@@ -38,11 +38,12 @@ import torch
 from torch import Tensor
 
 from splitting import LinearOperator
+from splitting.errors import warn_at_caller
 from splitting.state import batch_norm
 
-from ..errors import InputScaleError, InvalidSettingError
+from ..errors import InputRangeWarning, InputScaleError, InvalidSettingError
 from ..layer import MonDEQ, solver_settings
-from .checks import check_batch, check_classifier, check_epsilons, check_labels
+from .checks import check_batch, check_classifier, check_epsilons, check_labels, pixel_range_problem
 from .joint_bound import MULTIPLIERS, joint_radius, one_thread, pairwise_lipschitz
 from .lipschitz import (head_matrix, layer_lipschitz_bound, margin_lipschitz, pairwise_margin_norms,
                         pixel_scale)
@@ -211,6 +212,10 @@ def certify(model, x: Tensor, y: Tensor | None = None, *, epsilons: Iterable[flo
         raise InvalidSettingError(f"certify: tol must be > 0 and finite (or None: the layer's own), got {tol!r}")
     epsilons = check_epsilons(epsilons, "certify")
     check_batch(x, "certify")
+    problem = None if getattr(model, "normalization", None) is None else pixel_range_problem(x)
+    if problem is not None:
+        warn_at_caller(f"certify: {problem}; this image classifier's radii and ε are in the pixel scale "
+                       f"[0, 1], so these certificates are about other images than these", InputRangeWarning)
     original = model
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = copy.deepcopy(model).to(dtype)

@@ -37,6 +37,26 @@ def check_batch(x: object, where: str) -> None:
                               f"least one example")
 
 
+def pixel_range_problem(x: Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> str | None:
+    """What is wrong when floating ``x`` has values outside ``bounds`` (beyond rounding: 1e-6),
+    with the likely cause; ``None`` when it lies inside, is not floating, or is not finite (the
+    non-finite error speaks then). Reads the extremes: a host synchronisation on CUDA."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return None
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    lo, hi = bounds
+    slack = 1e-6 * max(1.0, hi - lo)
+    if not (math.isfinite(low) and math.isfinite(high)) or (low >= lo - slack and high <= hi + slack):
+        return None
+    if high > 2 * hi + 1:
+        cause = "; 0..255 pixels as floats? divide them by 255 (or pass the uint8 tensor)"
+    elif low < lo:
+        cause = "; normalised already (the model normalises its own inputs)? pass the pixels"
+    else:
+        cause = ""
+    return f"the inputs range over [{low:.4g}, {high:.4g}], outside the pixel range [{lo:g}, {hi:g}]{cause}"
+
+
 def check_epsilons(epsilons: object, where: str) -> list[float]:
     """``epsilons`` as a list of floats: one number or an iterable of them, each ≥ 0 and finite.
 
