@@ -92,6 +92,31 @@ class CompletionDBM(nn.Module):
         counts = torch.zeros_like(self.bin_values).index_add_(0, bins, torch.ones_like(x))
         self.bin_values.copy_(torch.where(counts > 0, sums / counts.clamp_min(1), self.bin_values))
 
+    @torch.no_grad()
+    def set_bias_from_data(self, images: Tensor, labels: Tensor | None = None, *,
+                           smoothing: float = 1.0) -> None:
+        r"""Pixel biases := :math:`\log p_{hw}(k)`, the frequency of bin k at each position in
+        ``images`` (``smoothing`` counts added to every bin), label biases := the log class
+        frequencies of ``labels``; hidden tiers keep theirs. At W = 0 the mean field is then the
+        data's per-position marginals instead of uniform ones: the usual start of a Boltzmann
+        machine's visible biases (Hinton, "A practical guide to training RBMs", 2010, §8.1)."""
+        bins = to_bins(images.reshape(images.shape[0], *self.image_shape).to(self.bin_values.device), self.bins)
+        counts = nn.functional.one_hot(bins, self.bins).sum(0).to(self.dtype) + smoothing  # (H, W, K)
+        self._set_tier_bias(0, (counts / counts.sum(-1, keepdim=True)).log())
+        if labels is not None:
+            counts = torch.bincount(labels.reshape(-1).to(bins.device), minlength=self.classes).to(self.dtype)
+            counts = counts + smoothing
+            self._set_tier_bias(len(self.sizes) - 1, (counts / counts.sum()).log())
+
+    def _set_tier_bias(self, tier: int, values: Tensor) -> None:
+        """Writes ``values`` laid out as :meth:`forward` reads the tier (pixels ``(H, W, K)``, the
+        label ``(classes,)``) into the tier's bias."""
+        bias = self.bias[tier]
+        index = torch.arange(bias.numel(), device=bias.device).view(1, *bias.shape)
+        if tier == 0:
+            index = grouped(index, self.bins).movedim(2, -1).reshape(*self.image_shape, self.bins)
+        bias.view(-1)[index.reshape(-1)] = values.reshape(-1).to(bias)
+
     def _groups(self, tier: int) -> tuple[int, ...]:
         shape = self.coupling.state_shape[tier]
         return (shape[0] // self.sizes[tier], *shape[1:])

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=1, help="training epochs (cosine learning-rate schedule)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per training step")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--bias-init", choices=("zero", "data"), default="zero",
+                   help="start of the pixel and label biases: zero (uniform marginals at W = 0) or data "
+                        "(the training set's per-position bin and class frequencies, in log)")
     p.add_argument("--label-weight", type=positive_float, default=1.0,
                    help="weight of the label cross-entropy beside the hidden pixels' one")
     p.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all)")
@@ -118,6 +121,9 @@ def run(argv: list[str] | None = None) -> int:
               "label_weight": args.label_weight, "train_subset": args.train_subset, "epochs": args.epochs}
     model = build_dbm(model_settings).to(args.device, torch.float32)
     model.set_bin_values(train_x)  # a function of the training data: the same after a resume
+    if args.bias_init != "zero":  # (recorded only when set: older runs resume as before)
+        config["bias_init"] = args.bias_init
+        model.set_bias_from_data(train_x, train_y)
     optimizer = adam(model.parameters(), lr=args.lr)
     steps = (len(train_x) + args.batch_size - 1) // args.batch_size
     scheduler = cosine(optimizer, total_steps=args.epochs * steps)
