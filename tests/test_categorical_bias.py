@@ -35,8 +35,8 @@ def test_without_couplings_the_mean_field_is_the_datas_per_position_marginals(ar
 
 
 def test_the_commands_bias_start_is_zero_unless_asked_and_refuses_other_values():
-    """``mondeq dbm`` keeps its zero start unless ``--bias-init data`` is given (the run's config
-    records the option only then, so older runs resume unchanged)."""
+    """``mondeq dbm`` keeps its zero start unless ``--bias-init data`` is given, and refuses a
+    start it does not know."""
     from mondeq.cli import dbm
 
     assert dbm.parser().parse_args([]).bias_init == "zero"
